@@ -1,0 +1,171 @@
+"""Where the blocks, the pooling and the head live, per model family.
+
+The adapter needs three facts about a backbone: the ordered list of its blocks (to resolve a block index and
+pick a default), the classifier's final linear layer (the fusion point), and how a block's output becomes a
+vector (CLS token after the model's final norm for ViT/BERT-style encoders, global average for CNN maps).
+Each family is one `_Family` row below; any other `nn.Module` works by naming the modules in the config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What discovery found for one model."""
+
+    family: str
+    blocks: list[str]
+    head: str
+    pooling: str
+    skip_norm: str = ""
+    modules_to_save: list[str] = field(default_factory=list)
+    hidden_size: Optional[int] = None  # width of every block's tokens, when the family has one
+
+
+@dataclass(frozen=True)
+class _Family:
+    name: str
+    matches: Callable[[nn.Module], bool]
+    block_pattern: str
+    head: str
+    pooling: str | Callable[[nn.Module], str]
+    skip_norm: str | Callable[[nn.Module], str] = ""
+    modules_to_save: tuple[str, ...] = ()
+
+
+_HF_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
+
+
+def _hf_type(*model_types: str) -> Callable[[nn.Module], bool]:
+    def matches(model: nn.Module) -> bool:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        return model_type in model_types and type(model).__name__.endswith(_HF_CLASSIFIER_SUFFIXES)
+
+    return matches
+
+
+def _timm(class_name: str) -> Callable[[nn.Module], bool]:
+    def matches(model: nn.Module) -> bool:
+        return type(model).__module__.startswith("timm.") and type(model).__name__ == class_name
+
+    return matches
+
+
+def _timm_vit_pooling(model: nn.Module) -> str:
+    return "cls" if getattr(model, "global_pool", "token") == "token" else "mean"
+
+
+def _timm_vit_norm(model: nn.Module) -> str:
+    if _timm_vit_pooling(model) == "cls":
+        return "norm"
+    return "" if isinstance(getattr(model, "fc_norm", None), (nn.Identity, type(None))) else "fc_norm"
+
+
+_FAMILIES: tuple[_Family, ...] = (
+    _Family("hf-vit", _hf_type("vit"), r"vit\.(?:encoder\.layer|layers)\.\d+", "classifier", "cls", "vit.layernorm"),
+    _Family("hf-resnet", _hf_type("resnet"), r"resnet\.encoder\.stages\.\d+\.layers\.\d+", "classifier.1", "avg"),
+    _Family("hf-convnext", _hf_type("convnext"), r"convnext\.encoder\.stages\.\d+\.layers\.\d+", "classifier", "avg"),
+    _Family("hf-bert", _hf_type("bert"), r"bert\.encoder\.layer\.\d+", "classifier", "cls"),
+    _Family(
+        "hf-roberta",
+        _hf_type("roberta", "xlm-roberta", "camembert"),
+        r"roberta\.encoder\.layer\.\d+",
+        "classifier.out_proj",
+        "cls",
+        modules_to_save=("classifier.dense",),
+    ),
+    _Family(
+        "hf-distilbert",
+        _hf_type("distilbert"),
+        r"distilbert\.transformer\.layer\.\d+",
+        "classifier",
+        "cls",
+        modules_to_save=("pre_classifier",),
+    ),
+    _Family("timm-vit", _timm("VisionTransformer"), r"blocks\.\d+", "head", _timm_vit_pooling, _timm_vit_norm),
+    _Family("timm-resnet", _timm("ResNet"), r"layer[1-4]\.\d+", "fc", "avg"),
+    _Family("timm-efficientnet", _timm("EfficientNet"), r"blocks\.\d+\.\d+", "classifier", "avg"),
+    _Family("timm-convnext", _timm("ConvNeXt"), r"stages\.\d+\.blocks\.\d+", "head.fc", "avg"),
+)
+
+SUPPORTED_FAMILIES = tuple(f.name for f in _FAMILIES)
+
+
+def discover(model: nn.Module) -> Optional[Architecture]:
+    """The architecture of `model`, or None when it is not a family we know."""
+    for family in _FAMILIES:
+        if not family.matches(model):
+            continue
+        pattern = re.compile(family.block_pattern)
+        blocks = [name for name, _ in model.named_modules() if pattern.fullmatch(name)]
+        if not blocks:
+            continue
+        pooling = family.pooling(model) if callable(family.pooling) else family.pooling
+        skip_norm = family.skip_norm(model) if callable(family.skip_norm) else family.skip_norm
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        if hidden is None and pooling in ("cls", "mean"):
+            hidden = getattr(model, "embed_dim", None)
+        return Architecture(
+            family=family.name,
+            blocks=blocks,
+            head=family.head,
+            pooling=pooling,
+            skip_norm=skip_norm,
+            modules_to_save=list(family.modules_to_save),
+            hidden_size=hidden if pooling in ("cls", "mean") else None,
+        )
+    return None
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """The ordered block names of a supported model ([] for others): what `source_layer` indices refer to."""
+    arch = discover(model)
+    return arch.blocks if arch else []
+
+
+def infer_output_width(module: nn.Module) -> Optional[int]:
+    """Channel/feature width of a block's output, read off its last width-carrying layer.
+
+    Blocks end with a linear/conv layer or a norm over the output width (residual blocks, transformer layers,
+    inverted residuals), so the last such layer in registration order gives the width without a forward pass.
+    """
+    width = None
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            width = sub.out_features
+        elif isinstance(sub, nn.modules.conv._ConvNd):
+            width = sub.out_channels
+        elif isinstance(sub, nn.modules.batchnorm._NormBase) and sub.num_features:
+            width = sub.num_features
+        elif isinstance(sub, nn.LayerNorm) and sub.normalized_shape:
+            width = sub.normalized_shape[-1]
+        elif isinstance(sub, nn.GroupNorm):
+            width = sub.num_channels
+    return width
+
+
+def candidates_message(model: nn.Module, wanted: str, blocks: list[str], kind: type | None = None) -> str:
+    """Text listing the names a user most likely meant, for errors about a module name."""
+    names = [n for n, m in model.named_modules() if n and (kind is None or isinstance(m, kind))]
+    close = difflib.get_close_matches(wanted, names, n=5, cutoff=0.5)
+    parts = []
+    if close:
+        parts.append(f"closest names: {close}")
+    if blocks and kind is None:
+        parts.append(f"blocks of this model (index 0..{len(blocks) - 1}): {_abbreviate(blocks)}")
+    elif kind is not None:
+        parts.append(f"{kind.__name__} modules of this model: {_abbreviate(names)}")
+    return "; ".join(parts) if parts else "the model has no such module"
+
+
+def _abbreviate(names: list[str], keep: int = 8) -> str:
+    if len(names) <= keep:
+        return str(names)
+    return str(names[: keep // 2] + ["..."] + names[-keep // 2 :])

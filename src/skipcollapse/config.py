@@ -1,0 +1,152 @@
+"""The peft config of Skip-Connection Layer Fine-Tuning (SCL-FT).
+
+The fields say *what* is adapted; `skipcollapse.architectures` says *where* those things live in a given
+model. Fields left at ``None`` are filled in from the model when the adapter is injected, and the resolved
+values are what ``adapter_config.json`` stores, so a saved adapter names exactly the modules it was
+trained on and refuses to load onto a different architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+from .peft_registration import PEFT_TYPE
+
+TRAIN_SOURCE_CHOICES = ("full", "norms_biases", "none")
+FUSION_CHOICES = ("add", "concat", "replace")
+POOLING_CHOICES = ("cls", "avg", "mean", "flatten")
+PROJECTION_CHOICES = ("auto", "identity", "linear")
+
+
+@dataclass
+class SkipCollapseConfig(PeftConfig):
+    """Configuration of a SkipCollapse adapter (Li et al., "Understanding and Improving Transfer Learning of
+    Deep Models via Neural Collapse", SCL-FT).
+
+    A skip connection carries the pooled output of one intermediate block of a frozen backbone straight to the
+    classification head, so that the frozen blocks after it cannot undo the collapse that fine-tuning that block
+    induces. With the defaults, ``SkipCollapseConfig()`` works on every supported architecture: it picks the middle
+    block, fine-tunes it in full, adds its features to the head input through a gate that starts at zero (the
+    adapted model starts out computing exactly what the base model computes), and trains the head.
+    """
+
+    source_layer: Optional[Union[str, int]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "The block whose output feeds the skip connection: a module name (e.g. 'vit.encoder.layer.6') or an "
+                "index into the model's block list (negative indices count from the end). None picks the middle "
+                "block. Once injected, this holds the resolved module name."
+            )
+        },
+    )
+    train_source: Literal["full", "norms_biases", "none"] = field(
+        default="full",
+        metadata={
+            "help": (
+                "What of the source block trains: 'full' (SCL-FT: the whole block), 'norms_biases' (only its "
+                "normalisation layers and biases), or 'none' (only the skip path and the head). A trained block is a "
+                "per-adapter copy, so the base model stays untouched."
+            )
+        },
+    )
+    fusion: Literal["add", "concat", "replace"] = field(
+        default="add",
+        metadata={
+            "help": (
+                "How the skip features s reach the head: 'add' (z = h_L + g*P(s)), 'concat' (z = [h_L, g*P(s)], "
+                "head widened), or 'replace' (z = P(s); the blocks after the source are not run at all)."
+            )
+        },
+    )
+    pooling: Optional[Literal["cls", "avg", "mean", "flatten"]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "How the source block's output becomes a vector: 'cls' (first token), 'avg' (global average over the "
+                "spatial dims of a [B, C, ...] map), 'mean' (mean over tokens of [B, T, D]), 'flatten'. None follows "
+                "the architecture."
+            )
+        },
+    )
+    skip_norm: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Name of a (frozen) module of the base model applied to the pooled skip features, typically the "
+                "model's own final norm (ViT). None follows the architecture; '' means no norm."
+            )
+        },
+    )
+    projection: Literal["auto", "identity", "linear"] = field(
+        default="auto",
+        metadata={
+            "help": (
+                "P in the formulas: 'identity' (widths must match), 'linear' (a trainable linear map), or 'auto' "
+                "(identity where the widths match, linear otherwise)."
+            )
+        },
+    )
+    source_dim: Optional[int] = field(
+        default=None,
+        metadata={"help": "Width of the pooled source features. None infers it from the block's layers."},
+    )
+    head_module: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Name of the classifier's final nn.Linear, whose input is fused with the skip. It always trains "
+                "(as a per-adapter copy). None follows the architecture."
+            )
+        },
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Other modules to train and save in full, as in LoRA (e.g. a new classifier's hidden layer: "
+                "RoBERTa's 'classifier.dense', DistilBERT's 'pre_classifier'). None follows the architecture."
+            )
+        },
+    )
+    base_model_class: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Class name of the model the adapter was created for; set at injection and checked when loading, so "
+                "an adapter is never silently applied to another architecture."
+            )
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        _check_choice("train_source", self.train_source, TRAIN_SOURCE_CHOICES)
+        _check_choice("fusion", self.fusion, FUSION_CHOICES)
+        _check_choice("projection", self.projection, PROJECTION_CHOICES)
+        if self.pooling is not None:
+            _check_choice("pooling", self.pooling, POOLING_CHOICES)
+        if isinstance(self.source_layer, bool) or not isinstance(self.source_layer, (str, int, type(None))):
+            raise TypeError(
+                f"source_layer must be a module name (str), a block index (int) or None, got {self.source_layer!r}"
+            )
+        if self.source_dim is not None and self.source_dim <= 0:
+            raise ValueError(f"source_dim must be a positive width, got {self.source_dim}")
+        if self.modules_to_save is not None:
+            self.modules_to_save = list(self.modules_to_save)
+
+    @property
+    def target_modules(self) -> Optional[list[str]]:
+        """The two modules the adapter wraps, once resolved (peft's generic injection code reads this name)."""
+        if isinstance(self.source_layer, str) and self.head_module is not None:
+            return [self.source_layer, self.head_module]
+        return None
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")

@@ -1,0 +1,322 @@
+"""The peft tuner of SkipCollapse: resolves the config against a model and injects the two layers.
+
+`get_peft_model(model, SkipCollapseConfig(...))` lands here. The tuner finds the source block and the head
+(`skipcollapse.architectures`), wraps them (`skipcollapse.layer`), links the head to its source, keeps frozen
+BatchNorm statistics frozen in train mode, and runs `replace` fusion's shortened forward.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from .architectures import Architecture, candidates_message, discover, infer_output_width
+from .config import SkipCollapseConfig
+from .layer import NO_MERGE, SkipCollapseLayer, SkipHeadLayer, SkipSourceLayer, SkipToHead
+
+_ADAPTER_OWNED = re.compile(r"(^|\.)(skipcollapse_\w+|modules_to_save)(\.|$)")
+
+
+class SkipCollapseModel(BaseTuner):
+    """Skip-Connection Layer Fine-Tuning as a peft tuner. Create it with `peft.get_peft_model`."""
+
+    prefix: str = "skipcollapse_"
+    tuner_layer_cls = SkipCollapseLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    # ----------------------------------------------------------------------------------------- injection
+    def _prepare_adapter_config(self, peft_config: SkipCollapseConfig, model_config: dict) -> SkipCollapseConfig:
+        return peft_config  # resolved against the model itself in _prepare_model (peft passes no model here)
+
+    def _prepare_model(self, peft_config: SkipCollapseConfig, model: nn.Module) -> None:
+        """Resolve every `None` field of the config against `model` and validate the result.
+
+        Runs before peft matches modules, so a bad name fails before the model is touched.
+        """
+        _resolve_config(peft_config, model)
+
+    @staticmethod
+    def _check_target_module_exists(peft_config: SkipCollapseConfig, key: str) -> bool:
+        return key in (peft_config.source_layer, peft_config.head_module)
+
+    def _create_and_replace(
+        self,
+        peft_config: SkipCollapseConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs: Any,
+    ) -> None:
+        if current_key == peft_config.source_layer:
+            layer = target
+            if not isinstance(layer, SkipSourceLayer):
+                norm = self.model.get_submodule(peft_config.skip_norm) if peft_config.skip_norm else None
+                layer = SkipSourceLayer(target, skip_norm=norm)
+                self._replace_module(parent, target_name, layer, target)
+            head = _base(self.model.get_submodule(peft_config.head_module))
+            layer.update_layer(
+                adapter_name,
+                train_source=peft_config.train_source,
+                pooling=peft_config.pooling,
+                fusion=peft_config.fusion,
+                source_dim=peft_config.source_dim,
+                target_dim=_skip_width(peft_config, head),
+                projection=peft_config.projection,
+            )
+        else:
+            layer = target
+            if not isinstance(layer, SkipHeadLayer):
+                layer = SkipHeadLayer(target)
+                self._replace_module(parent, target_name, layer, target)
+            layer.update_layer(adapter_name, fusion=peft_config.fusion, skip_dim=_skip_width(peft_config, target))
+        if adapter_name not in self.active_adapters:
+            layer.set_adapter(self.active_adapters)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        config = self.peft_config[adapter_name]
+        head = model.get_submodule(config.head_module)
+        head.link_source(adapter_name, model.get_submodule(config.source_layer))
+        if config.fusion == "replace":
+            self._install_replace_forward()
+
+    # ----------------------------------------------------------------------------------------- forward
+    def _install_replace_forward(self) -> None:
+        """Let the base model's own forward finish at the head when a `replace` adapter stops it after block ℓ.
+
+        peft calls the base model directly (not through this tuner) for models without a task type, so the
+        shortcut has to live on the base model's forward. `functools.wraps` keeps its signature visible to the
+        Trainer, which reads it to find label and input columns.
+        """
+        model = self.model
+        if "forward" in vars(model):
+            return
+        original = model.forward
+
+        @functools.wraps(original)
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            except SkipToHead as jump:
+                head = model.get_submodule(self.peft_config[jump.adapter_name].head_module)
+                return self._classifier_output(head.classify(jump.skip, jump.adapter_name), kwargs)
+
+        model.forward = forward
+
+    def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
+        vars(self.model).pop("forward", None)
+        return super()._unload_and_optionally_merge(*args, **kwargs)
+
+    def _classifier_output(self, logits: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+        """What the base model would return for these logits: a ModelOutput with the loss for transformers models."""
+        from transformers import PreTrainedModel
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        if not isinstance(self.model, PreTrainedModel):
+            return logits
+        labels = kwargs.get("labels")
+        loss = None if labels is None else self.model.loss_function(labels, logits, self.model.config)
+        if kwargs.get("return_dict") is False:
+            return (logits,) if loss is None else (loss, logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def train(self, mode: bool = True) -> "SkipCollapseModel":
+        """Train mode for everything that trains; frozen BatchNorm layers stay in eval mode.
+
+        A frozen BatchNorm in train mode normalises with batch statistics and drifts its running statistics:
+        the frozen backbone would then change under the adapter (the classic peft-on-CNN trap).
+        """
+        super().train(mode)
+        if mode:
+            for name, module in self.model.named_modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _ADAPTER_OWNED.search(name):
+                    module.eval()
+        return self
+
+    @property
+    def last_features(self) -> Optional[torch.Tensor]:
+        """The head-input features z of the last forward pass (with their graph), for metrics and losses."""
+        active = self.active_adapters[0]
+        return self.model.get_submodule(self.peft_config[active].head_module).last_features
+
+    # ----------------------------------------------------------------------------------------- peft plumbing
+    def merge_and_unload(self, *args: Any, **kwargs: Any) -> nn.Module:
+        raise ValueError(NO_MERGE)
+
+    def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(NO_MERGE)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if len(names) > 1:
+            raise ValueError(f"SkipCollapse runs one adapter at a time; got {names}. Pass a single adapter name.")
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # Block copies nest the adapter name inside the key ('...skipcollapse_block.default.attn.weight'), which
+        # peft's default only strips at the end; strip it right after our container's name instead.
+        return re.sub(rf"(skipcollapse_\w+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
+
+
+def head_features(model: nn.Module) -> Optional[torch.Tensor]:
+    """The head-input features z of `model`'s last forward pass, for a PeftModel, a DDP wrapper or the tuner."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP / accelerate wrappers
+        model = model.module
+    tuner = getattr(model, "base_model", model)
+    if not isinstance(tuner, SkipCollapseModel):
+        raise TypeError(
+            f"{type(model).__name__} carries no SkipCollapse adapter; wrap it with get_peft_model(model, "
+            "SkipCollapseConfig()) or capture the head input with a forward hook"
+        )
+    return tuner.last_features
+
+
+# --------------------------------------------------------------------------------------------- resolution
+def _base(module: nn.Module) -> nn.Module:
+    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+
+
+def _skip_width(config: SkipCollapseConfig, head: nn.Module) -> int:
+    """Width of P(s): the head's input width, except for concat with identity P (the skip keeps its width)."""
+    head = _base(head)
+    if config.fusion == "concat" and config.projection == "identity":
+        return config.source_dim
+    return head.in_features
+
+
+def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
+    arch = discover(model)
+    model_class = type(model).__name__
+    if config.base_model_class is not None and config.base_model_class != model_class:
+        raise ValueError(
+            f"this SkipCollapse adapter was created for a {config.base_model_class}, but the model is a "
+            f"{model_class}; load it onto the architecture it was trained on, or create a new SkipCollapseConfig "
+            "for this model"
+        )
+    _require_names_for_unknown_model(config, model, arch)
+    blocks = arch.blocks if arch else []
+
+    config.source_layer = _resolve_source(config.source_layer, model, blocks)
+    config.head_module = config.head_module or arch.head
+    head = _resolve_head(config.head_module, model)
+    source = config.source_layer
+    if source == config.head_module or config.head_module.startswith(source + ".") or source.startswith(
+        config.head_module + "."
+    ):
+        raise ValueError(
+            f"source_layer={source!r} and head_module={config.head_module!r} overlap: the skip must come from a "
+            f"block before the head; choose one of the blocks: {candidates_message(model, source, blocks)}"
+        )
+    config.pooling = config.pooling or arch.pooling
+    if config.skip_norm is None:
+        config.skip_norm = arch.skip_norm if arch else ""
+    if config.skip_norm:
+        _require_module(model, config.skip_norm, "skip_norm", blocks)
+
+    if config.source_dim is None:
+        known = arch.hidden_size if arch else None
+        config.source_dim = known or infer_output_width(_base(model.get_submodule(source)))
+        if config.source_dim is None:
+            raise ValueError(
+                f"cannot infer the width of {source!r}'s pooled output; set SkipCollapseConfig(source_dim=...)"
+            )
+    if config.projection == "auto":
+        same = config.source_dim == head.in_features
+        config.projection = "identity" if same or config.fusion == "concat" else "linear"
+    if config.projection == "identity" and config.fusion != "concat" and config.source_dim != head.in_features:
+        raise ValueError(
+            f"projection='identity' needs equal widths, but {source!r} gives {config.source_dim} features and the "
+            f"head {config.head_module!r} takes {head.in_features}; use projection='linear' (or 'auto'), or "
+            "fusion='concat'"
+        )
+    config.modules_to_save = _modules_to_save(config, model, arch)
+    config.base_model_class = model_class
+
+
+def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture]):
+    if arch is not None:
+        return
+    missing = [
+        name
+        for name, ok in (
+            ("source_layer (a module name)", isinstance(config.source_layer, str)),
+            ("head_module", config.head_module is not None),
+            ("pooling", config.pooling is not None),
+        )
+        if not ok
+    ]
+    if missing:
+        from .architectures import SUPPORTED_FAMILIES
+
+        raise ValueError(
+            f"SkipCollapse does not know the architecture of {type(model).__name__} (supported: "
+            f"{', '.join(SUPPORTED_FAMILIES)}); name the modules explicitly: set {', '.join(missing)} in "
+            "SkipCollapseConfig"
+        )
+
+
+def _resolve_source(source: Optional[str | int], model: nn.Module, blocks: list[str]) -> str:
+    if source is None:
+        return blocks[len(blocks) // 2]
+    if isinstance(source, int):
+        if not -len(blocks) <= source < len(blocks):
+            raise ValueError(
+                f"source_layer={source} is out of range: this model has {len(blocks)} blocks "
+                f"(indices {-len(blocks)}..{len(blocks) - 1}): {candidates_message(model, '', blocks)}"
+            )
+        return blocks[source]
+    _require_module(model, source, "source_layer", blocks)
+    return source
+
+
+def _resolve_head(name: str, model: nn.Module) -> nn.Linear:
+    _require_module(model, name, "head_module", [], kind=nn.Linear)
+    head = _base(model.get_submodule(name))
+    if not isinstance(head, nn.Linear):
+        raise ValueError(
+            f"head_module={name!r} is a {type(head).__name__}, not the classifier's final nn.Linear; "
+            f"{candidates_message(model, name, [], kind=nn.Linear)}"
+        )
+    return head
+
+
+def _require_module(model: nn.Module, name: str, field: str, blocks: list[str], kind: type | None = None) -> None:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(
+            f"{field}={name!r} is not a module of {type(model).__name__}; "
+            f"{candidates_message(model, name, blocks, kind=kind)}"
+        ) from None
+
+
+def _modules_to_save(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture]) -> list[str]:
+    """The family's extra trainable classifier modules plus the user's, without any that would wrap our layers.
+
+    peft's sequence-classification model adds 'classifier' here; for SkipCollapse the head already trains (as a
+    per-adapter copy), and wrapping it or an ancestor of it again would hide the skip path.
+    """
+    wanted = list(dict.fromkeys((config.modules_to_save or []) + (arch.modules_to_save if arch else [])))
+    ours = (config.source_layer, config.head_module)
+    names = [name for name, _ in model.named_modules() if name]
+    kept = []
+    for entry in wanted:
+        matched = [n for n in names if n == entry or n.endswith("." + entry)]
+        if any(own == n or own.startswith(n + ".") for n in matched for own in ours):
+            warnings.warn(
+                f"modules_to_save entry {entry!r} contains SkipCollapse's source block or head, which the adapter "
+                "already trains; it is left out",
+                stacklevel=3,
+            )
+            continue
+        kept.append(entry)
+    return kept
