@@ -111,6 +111,12 @@ class SkipCollapseModel(BaseTuner):
 
         model.forward = forward
 
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        if isinstance(new_module, SkipCollapseLayer):
+            super()._replace_module(parent, child_name, new_module, child)
+        else:  # unloading: put the original block back as it was (peft's default assumes a weight-carrying layer)
+            setattr(parent, child_name, new_module)
+
     def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
         vars(self.model).pop("forward", None)
         return super()._unload_and_optionally_merge(*args, **kwargs)

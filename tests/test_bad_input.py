@@ -1,0 +1,94 @@
+"""Every bad input fails early with an error that names the problem and the way out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from torch import nn
+from tiny_models import build
+
+from skipcollapse import SkipCollapseConfig
+
+
+def test_unknown_source_layer_lists_close_names_and_blocks() -> None:
+    with pytest.raises(ValueError, match=r"source_layer='bert\.encoder\.layers\.2' is not a module") as err:
+        get_peft_model(build("hf-bert"), SkipCollapseConfig(source_layer="bert.encoder.layers.2"))
+    assert "bert.encoder.layer.2" in str(err.value) and "index 0..3" in str(err.value)
+
+
+def test_block_index_out_of_range_says_how_many_blocks() -> None:
+    with pytest.raises(ValueError, match=r"source_layer=7 is out of range: this model has 4 blocks"):
+        get_peft_model(build("hf-bert"), SkipCollapseConfig(source_layer=7))
+
+
+def test_negative_index_counts_from_the_end() -> None:
+    model = get_peft_model(build("hf-bert"), SkipCollapseConfig(source_layer=-1))
+    assert model.peft_config["default"].source_layer == "bert.encoder.layer.3"
+
+
+def test_unknown_head_lists_linear_layers() -> None:
+    with pytest.raises(ValueError, match=r"head_module='clasifier' is not a module.*closest names: \['classifier'\]"):
+        get_peft_model(build("hf-bert"), SkipCollapseConfig(head_module="clasifier"))
+
+
+def test_head_that_is_not_linear() -> None:
+    with pytest.raises(ValueError, match=r"is a Dropout, not the classifier's final nn.Linear"):
+        get_peft_model(build("hf-bert"), SkipCollapseConfig(head_module="dropout"))
+
+
+def test_source_block_that_is_the_head() -> None:
+    with pytest.raises(ValueError, match="overlap: the skip must come from a block before the head"):
+        get_peft_model(build("hf-bert"), SkipCollapseConfig(source_layer="classifier"))
+
+
+def test_identity_projection_with_mismatched_widths() -> None:
+    with pytest.raises(ValueError, match=r"projection='identity' needs equal widths.*gives 24 features.*takes 32"):
+        get_peft_model(build("hf-resnet"), SkipCollapseConfig(projection="identity"))
+
+
+def test_bad_choices_fail_at_config_time() -> None:
+    with pytest.raises(ValueError, match=r"fusion='sum' is not one of \['add', 'concat', 'replace'\]"):
+        SkipCollapseConfig(fusion="sum")
+    with pytest.raises(ValueError, match="train_source"):
+        SkipCollapseConfig(train_source="all")
+    with pytest.raises(TypeError, match="source_layer must be"):
+        SkipCollapseConfig(source_layer=1.5)
+
+
+class _Custom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 8)
+        self.body = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(self.stem(x)))
+
+
+def test_unsupported_model_without_names_says_which_fields_to_set() -> None:
+    with pytest.raises(ValueError, match=r"does not know the architecture of _Custom.*set source_layer \(a module name\), head_module, pooling"):
+        get_peft_model(_Custom(), SkipCollapseConfig())
+
+
+def test_any_module_works_with_explicit_names() -> None:
+    torch.manual_seed(0)
+    base = _Custom()
+    x = torch.randn(5, 4)
+    expected = base(x)
+    model = get_peft_model(base, SkipCollapseConfig(source_layer="body.0", head_module="fc", pooling="flatten"))
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    assert model.peft_config["default"].projection == "identity"
+
+
+def test_adapter_refuses_a_different_base_architecture(tmp_path) -> None:
+    get_peft_model(build("hf-bert"), SkipCollapseConfig()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"created for a BertForSequenceClassification, but the model is a RobertaForSequenceClassification"):
+        PeftModel.from_pretrained(build("hf-roberta"), tmp_path)
+
+
+def test_head_running_without_its_source_is_an_error() -> None:
+    model = get_peft_model(_Custom(), SkipCollapseConfig(source_layer="body.0", head_module="fc", pooling="flatten"))
+    with pytest.raises(RuntimeError, match="source block did not run"):
+        model.get_base_model().fc(torch.randn(2, 8))
