@@ -1,0 +1,237 @@
+"""Collapse-aware training loss: cross-entropy plus a within-class variability (NC1-style) penalty.
+
+Li et al. find that the more a model's features collapse on the downstream training data, the
+better it transfers. :class:`CollapseLoss` turns that into a training target by adding
+``lam * collapse_penalty(z, y)`` to the cross-entropy, where ``z`` are the features the head sees.
+
+The penalty is ``tr(Σ_W) / tr(Σ_B)`` on the batch (definitions in :func:`collapse_penalty`). It is
+the trace-ratio cousin of NC1 = tr(Σ_W Σ_B^†)/K: no pseudo-inverse (cheap, smooth, stable under
+rank-deficient Σ_B), yet with the same fixed point (zero exactly when every class is collapsed to
+its mean).
+
+Multi-process training
+----------------------
+The penalty is a ratio of batch statistics, so the mean of per-rank penalties is *not* the penalty
+of the global batch. With ``sync=True`` the per-class sufficient statistics are all-reduced with
+autograd, so every rank computes the penalty of the global batch.
+
+Gradient scaling under DDP (derived here, checked numerically in ``tests/test_loss.py`` with two
+gloo processes). Let ``W`` be the world size, ``z_r`` the features of rank ``r`` and ``L`` the
+global penalty, identical on every rank. An all-reduce SUM with autograd
+(``torch.distributed.nn.functional.all_reduce``, or the functional collectives that replace it)
+back-propagates by all-reducing (SUM) the incoming gradient. Every rank sends back the same
+``∂L/∂(reduced stats)``, so rank ``r`` receives ``W · ∂L/∂z_r`` for its local features, and its
+local parameter gradient is ``W · (∂L/∂z_r)(∂z_r/∂θ)``. DDP *averages* gradients over ranks:
+``(1/W) Σ_r W (∂L/∂z_r)(∂z_r/∂θ) = Σ_r (∂L/∂z_r)(∂z_r/∂θ) = dL/dθ``, the single-process gradient
+of the global-batch penalty. So: no extra scaling; the factor ``W`` from the all-reduce backward
+cancels DDP's ``1/W``. The cross-entropy stays a local mean, and DDP's averaging of shards
+with equal numbers of labelled rows turns it into the global mean, so ``CE + lam * penalty`` has
+exactly the global-batch gradient. If you reduce gradients by SUM yourself instead of using DDP,
+divide the penalty by ``W``. If a trainer multiplies the loss by the world size, as transformers'
+Trainer does when a ``compute_loss_func`` (or a model accepting loss kwargs) gets
+``num_items_in_batch`` with ``average_tokens_across_devices``, it scales the penalty by ``W`` too:
+divide the penalty by ``W`` there.
+
+Gradient accumulation
+---------------------
+The penalty is computed per micro-batch from that micro-batch's class means, so with ``M``
+accumulation steps the optimised objective is the mean over micro-batches of
+``CE_m + lam * penalty_m``, which is what transformers' Trainer does with a per-batch loss (it
+divides each micro-batch loss by ``M``). For the cross-entropy with equal micro-batches this equals
+the full-batch loss; for the penalty it does not, because a ratio of batch statistics is not
+additive. An exact alternative costs one extra forward pass over the accumulation window: compute
+the global statistics without grad first, then back-propagate per micro-batch through a surrogate
+whose gradient uses those frozen global statistics (the penalty's gradient w.r.t. ``z_i`` depends
+only on ``z_i`` and the global statistics). We keep the per-micro-batch semantics: it is the usual
+trainer contract, and large micro-batches make the two nearly equal.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["collapse_penalty", "CollapseLoss"]
+
+
+def _dist_world_size() -> int:
+    """World size of the default process group, or 1 when torch.distributed is not in use."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _all_reduce_with_grad(tensor: Tensor) -> Tensor:
+    """Sum over the default process group; the backward pass sums the gradients over ranks.
+
+    ``torch.distributed.nn.functional.all_reduce`` is deprecated in recent torch in favour of the
+    functional collectives, which carry the same autograd rule (backward = all-reduce SUM) once
+    ``all_reduce_backward`` is registered. Use those where they exist, the old one otherwise.
+    """
+    from torch.distributed import _functional_collectives as funcol
+
+    if hasattr(funcol, "all_reduce_backward"):
+        return funcol.wait_tensor(funcol.all_reduce(tensor, "sum", torch.distributed.group.WORLD))
+    from torch.distributed.nn.functional import all_reduce
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(tensor)
+
+
+def collapse_penalty(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int | None = None,
+    *,
+    eps: float = 1e-8,
+    sync: bool = True,
+    ignore_index: int = -100,
+) -> Tensor:
+    r"""Within-class scatter relative to between-class scatter of a batch, ``tr(Σ_W) / tr(Σ_B)``.
+
+    Definitions (only the ``N`` rows whose label is not ``ignore_index``; only the ``K_p`` classes
+    present among them; ``μ_k`` the batch mean of class ``k``)::
+
+        tr(Σ_W) = (1/N)   Σ_i ‖z_i − μ_{y_i}‖²
+        tr(Σ_B) = (1/K_p) Σ_k ‖μ_k − μ_G‖²,   μ_G = (1/K_p) Σ_k μ_k   (mean of the class means)
+
+    Why this form:
+
+    * Scale-invariant: multiplying ``z`` by ``c > 0`` multiplies both traces by ``c²``, so ``lam``
+      does not depend on the feature scale (and the model cannot lower the penalty by shrinking
+      all features, which a bare ``tr(Σ_W)`` would invite).
+    * Width-agnostic: both traces are sums over feature dimensions, so the ratio does not grow with
+      ``d`` (duplicating every feature column leaves it unchanged).
+    * Cheap: per-class counts, sums and sums of squared norms, ``O(B d)``; no pseudo-inverse.
+    * Batch class means are good enough once the batch holds at least two classes; a class with a
+      single sample in the batch has zero within-class scatter but still counts as a class mean.
+    * ``μ_G`` is the mean of the class means, not the sample mean, so the between-class spread
+      weighs every present class equally whatever the batch's class imbalance.
+
+    The result is exactly ``0`` when every class's features are identical (perfect collapse) and
+    ``> 0`` otherwise. With fewer than two classes present the ratio is undefined and the result is
+    a zero that stays connected to ``features`` (so ``backward`` and DDP see every parameter).
+
+    Implementation: per-class sufficient statistics ``n_k``, ``S_k = Σ d_i``, ``Q_k = Σ ‖d_i‖²`` of
+    the shifted features ``d_i = z_i − r_{y_i}``, so ``N tr(Σ_W) = Σ_k (Q_k − ‖S_k‖² / n_k)``. The
+    shift ``r_k`` (elementwise max of class ``k``'s features, no grad; the scatter does not depend
+    on it) keeps the subtraction from cancelling catastrophically when features have a large common
+    offset, and makes perfectly collapsed classes give exactly ``d_i = 0``. These statistics add up
+    across processes: with ``sync=True`` and an initialised process group of size > 1 they are
+    all-reduced with autograd, so every rank returns the penalty of the global batch and DDP yields
+    its exact gradient (see the module docstring for the derivation). Every rank must call this
+    function with the same ``num_classes`` and ``sync``, since it runs collectives.
+
+    Args:
+        features: ``[B, d]`` features the head sees.
+        labels: ``[B]`` integer class labels; rows equal to ``ignore_index`` are excluded.
+        num_classes: number of classes ``K``; inferred as ``max(label) + 1`` (globally) if None.
+        eps: relative guard for the denominator, which is ``max(tr Σ_B, eps · (tr Σ_W + tr Σ_B))``;
+            scale-invariant, and only active when the class means (nearly) coincide, where it
+            caps the penalty at ``1 / eps``.
+        sync: all-reduce the statistics over the default process group when one is initialised.
+        ignore_index: label value marking rows to leave out, as in ``F.cross_entropy``.
+
+    Returns:
+        A scalar tensor in ``features``' dtype promoted to at least float32.
+    """
+    if features.dim() != 2:
+        raise ValueError(f"features must be [B, d], got shape {tuple(features.shape)}")
+    if labels.shape != features.shape[:1]:
+        raise ValueError(f"labels must be [B]={features.shape[0]}, got shape {tuple(labels.shape)}")
+    world = _dist_world_size() if sync else 1
+    dtype = torch.promote_types(features.dtype, torch.float32)
+
+    keep = labels != ignore_index
+    z = features[keep].to(dtype)
+    y = labels[keep].long()
+
+    if num_classes is None:
+        local_max = y.max() if y.numel() else torch.tensor(-1, device=y.device)
+        k_max = local_max.reshape(1).clone()
+        if world > 1:
+            torch.distributed.all_reduce(k_max, op=torch.distributed.ReduceOp.MAX)
+        num_classes = int(k_max.item()) + 1
+    num_classes = max(num_classes, 0)
+    d = z.shape[1]
+
+    # Shift per class (no grad): elementwise max over the class's samples, common to all ranks.
+    shift = torch.full((num_classes, d), -math.inf, dtype=dtype, device=z.device)
+    shift.scatter_reduce_(0, y[:, None].expand(-1, d), z.detach(), reduce="amax", include_self=True)
+    if world > 1:
+        torch.distributed.all_reduce(shift, op=torch.distributed.ReduceOp.MAX)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros((), dtype=dtype, device=z.device))
+
+    centred = z - shift[y]
+    counts = torch.zeros(num_classes, dtype=dtype, device=z.device).index_add_(
+        0, y, torch.ones_like(y, dtype=dtype)
+    )
+    sums = torch.zeros(num_classes, d, dtype=dtype, device=z.device).index_add(0, y, centred)
+    sq = torch.zeros(num_classes, dtype=dtype, device=z.device)
+    sq = sq.index_add(0, y, centred.pow(2).sum(1))
+    if world > 1:
+        torch.distributed.all_reduce(counts)  # no autograd needed: counts are constants
+        sums = _all_reduce_with_grad(sums)
+        sq = _all_reduce_with_grad(sq)
+
+    present = counts > 0
+    if int(present.sum().item()) < 2:
+        return features.sum() * 0
+    n = counts[present]
+    s = sums[present]
+    within = (sq[present] - s.pow(2).sum(1) / n).sum().clamp_min(0) / n.sum()
+    means = shift[present] + s / n[:, None]
+    between = (means - means.mean(0)).pow(2).sum(1).mean()
+
+    denom = torch.maximum(between, eps * (within + between)).clamp_min(torch.finfo(dtype).tiny)
+    return within / denom
+
+
+class CollapseLoss(nn.Module):
+    """``F.cross_entropy(logits, labels) + lam * collapse_penalty(features, labels)``.
+
+    ``features`` are the features the head saw for these ``logits`` (``z`` in the design). With
+    ``lam == 0`` the result is exactly ``F.cross_entropy`` (the penalty is not computed at all), so
+    the loss is a drop-in for plain fine-tuning. Rows labelled ``-100`` are ignored by both terms.
+
+    After each call, ``self.last_parts`` holds the detached parts as Python floats,
+    ``{"ce": ..., "collapse_penalty": ...}``, for a Trainer callback to log; the penalty is
+    ``nan`` when ``lam == 0`` because it was not computed.
+    """
+
+    ignore_index: int = -100
+
+    def __init__(
+        self, lam: float = 0.1, num_classes: int | None = None, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__()
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        self.lam = float(lam)
+        self.num_classes = num_classes
+        self.label_smoothing = float(label_smoothing)
+        self.last_parts: dict[str, float] = {"ce": math.nan, "collapse_penalty": math.nan}
+
+    def forward(self, logits: Tensor, features: Tensor, labels: Tensor) -> Tensor:
+        ce = F.cross_entropy(
+            logits, labels, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
+        )
+        if self.lam == 0:
+            self.last_parts = {"ce": float(ce.detach()), "collapse_penalty": math.nan}
+            return ce
+        penalty = collapse_penalty(
+            features, labels, self.num_classes, ignore_index=self.ignore_index
+        )
+        self.last_parts = {"ce": float(ce.detach()), "collapse_penalty": float(penalty.detach())}
+        return ce + self.lam * penalty
+
+    def extra_repr(self) -> str:
+        return (
+            f"lam={self.lam}, num_classes={self.num_classes}, "
+            f"label_smoothing={self.label_smoothing}"
+        )
