@@ -5,9 +5,16 @@ Importing the package registers the method with peft, so ``get_peft_model(model,
 """
 
 from .architectures import block_names, discover
+from .callbacks import NeuralCollapseCallback, measure_collapse
 from .config import SkipCollapseConfig
+from .features import HeadInputs
+from .geometric_complexity import GeometricComplexityRegularizer, gc_penalty, geometric_complexity
+from .loss import CollapseLoss, collapse_penalty
+from .metrics import CollapseMetrics, collapse_metrics
 from .model import SkipCollapseModel, head_features
 from .peft_registration import PEFT_TYPE, register
+from .timm_classifier import TimmImageClassifier
+from .trainer import CollapseLossFunc, CollapseTrainer
 
 register()
 
@@ -15,9 +22,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PEFT_TYPE",
+    "CollapseLoss",
+    "CollapseLossFunc",
+    "CollapseMetrics",
+    "CollapseTrainer",
+    "GeometricComplexityRegularizer",
+    "HeadInputs",
+    "NeuralCollapseCallback",
     "SkipCollapseConfig",
     "SkipCollapseModel",
+    "TimmImageClassifier",
     "block_names",
+    "collapse_metrics",
+    "collapse_penalty",
     "discover",
+    "gc_penalty",
+    "geometric_complexity",
     "head_features",
+    "measure_collapse",
 ]

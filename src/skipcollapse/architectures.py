@@ -8,6 +8,7 @@ Each family is one `_Family` row below; any other `nn.Module` works by naming th
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -99,7 +100,22 @@ SUPPORTED_FAMILIES = tuple(f.name for f in _FAMILIES)
 
 
 def discover(model: nn.Module) -> Optional[Architecture]:
-    """The architecture of `model`, or None when it is not a family we know."""
+    """The architecture of `model`, or None when it is not a family we know.
+
+    Looks through `TimmImageClassifier` (the Trainer-friendly timm wrapper): names then carry its prefix.
+    """
+    inner = getattr(model, "timm_model", None)
+    if isinstance(inner, nn.Module):
+        arch = discover(inner)
+        if arch is None:
+            return None
+        return dataclasses.replace(
+            arch,
+            blocks=["timm_model." + b for b in arch.blocks],
+            head="timm_model." + arch.head,
+            skip_norm="timm_model." + arch.skip_norm if arch.skip_norm else "",
+            modules_to_save=["timm_model." + m for m in arch.modules_to_save],
+        )
     for family in _FAMILIES:
         if not family.matches(model):
             continue

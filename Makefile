@@ -1,0 +1,35 @@
+# One entry point for people and CI. `make test` and `make demo` set up .venv on a fresh machine by themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# These machines install this torch build from local disk; elsewhere override, e.g. `make TORCH_PIN= test`.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-slow demo compare probe bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(strip $(TORCH_PIN)),$(BIN)/python -m pip install -q $(TORCH_PIN))
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]  # 5: no slow test selected
+
+demo: setup
+	$(BIN)/python recipes/finetune.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

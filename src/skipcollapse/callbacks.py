@@ -1,0 +1,106 @@
+"""Watch neural collapse during training: NC metrics of the head's input at every evaluation.
+
+`NeuralCollapseCallback` runs one streaming pass over the evaluation set (and optionally a fixed subset of the
+training set), summing the per-class statistics over processes, and reports `eval_nc1`, `eval_cdnv`, ... (and
+`train_nc1`, ...) next to the Trainer's own evaluation metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import Dataset
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, default_data_collator
+
+from .features import HeadInputs, iterate_features, shard_loader, unwrap
+from .metrics import CollapseMetrics
+
+
+class NeuralCollapseCallback(TrainerCallback):
+    """Add NC metrics of the head-input features to each evaluation of a `transformers.Trainer`.
+
+    Usage::
+
+        trainer = Trainer(model=peft_model, args=args, train_dataset=train, eval_dataset=test)
+        trainer.add_callback(NeuralCollapseCallback(trainer, train_dataset=Subset(train, range(512))))
+
+    Args:
+        trainer: the Trainer, so the metrics go through `trainer.log` and reach `report_to` backends and
+            `state.log_history` like any metric. Without it they are added to the dict `trainer.evaluate()`
+            returns and to the last `state.log_history` entry only (callbacks run after the Trainer logged).
+        train_dataset: a fixed (sub)set of the training data to measure too (`train_*` keys); collapse on the
+            training data is what Li et al. tie to transfer.
+        num_classes: K; read from the model's config (`num_labels`) or head when not given.
+        head_module: the head's name in the base model, for architectures not discovered automatically.
+        nc4: also measure NC4, which needs a second pass over the stored features of this process.
+    """
+
+    def __init__(
+        self,
+        trainer: Any = None,
+        *,
+        train_dataset: Optional[Dataset] = None,
+        num_classes: Optional[int] = None,
+        head_module: Optional[str] = None,
+        nc4: bool = True,
+    ) -> None:
+        self.trainer = trainer
+        self.train_dataset = train_dataset
+        self.num_classes = num_classes
+        self.head_module = head_module
+        self.nc4 = nc4
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Optional[dict[str, float]] = None,
+        model: Any = None,
+        eval_dataloader: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is None or eval_dataloader is None:
+            return
+        collate = getattr(self.trainer, "data_collator", None) or eval_dataloader.collate_fn or default_data_collator
+        sets = {"eval": eval_dataloader.dataset}
+        if self.train_dataset is not None:
+            sets["train"] = self.train_dataset
+        results: dict[str, float] = {}
+        for prefix, dataset in sets.items():
+            loader = shard_loader(dataset, args.per_device_eval_batch_size, collate, args.process_index, args.world_size)
+            values = measure_collapse(model, loader, self.num_classes, self.head_module, nc4=self.nc4)
+            results.update({f"{prefix}_{key}": value for key, value in values.items()})
+        if self.trainer is not None:
+            self.trainer.log(results)
+        else:
+            if state.log_history:
+                state.log_history[-1].update(results)
+        if metrics is not None:
+            metrics.update(results)
+
+
+def measure_collapse(
+    model: torch.nn.Module,
+    loader: Any,
+    num_classes: Optional[int] = None,
+    head_module: Optional[str] = None,
+    *,
+    nc4: bool = True,
+) -> dict[str, float]:
+    """NC metrics of the head input over `loader` (summed over processes when distributed; collective then)."""
+    model = unwrap(model)
+    with HeadInputs(model, head_module) as capture:
+        weight = capture.head_weight().detach()
+        metrics = CollapseMetrics(num_classes or weight.shape[0], num_features=weight.shape[1])
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for features, logits, labels in iterate_features(model, loader, capture):
+            metrics.update(features, labels)
+            if nc4:
+                kept.append((features, logits))
+    if nc4:
+        metrics.begin_nc4_pass()
+        for features, logits in kept:
+            metrics.nc4_update(features, logits)
+    return metrics.compute(head_weight=weight)

@@ -1,0 +1,142 @@
+"""Collapse-aware training with the transformers Trainer.
+
+Two ways in, the same loss:
+
+* `CollapseLossFunc(model, lam)` is a `compute_loss_func` for a plain `Trainer`: cross-entropy plus λ times the
+  within-class collapse penalty of the head input z, read from the same forward pass.
+* `CollapseTrainer(..., collapse_lambda=λ, gc_lambda=γ)` wires that in, logs the loss's parts (`ce`,
+  `collapse_penalty`, `geometric_complexity`) next to `loss`, and adds the optional geometric-complexity
+  regulariser, which needs the inputs that a `compute_loss_func` never sees.
+
+Scaling. When the Trainer passes `num_items_in_batch` (the labelled examples of the whole accumulation window,
+summed over processes when `average_tokens_across_devices`), it neither divides the loss by the accumulation
+steps nor averages it over processes by itself. The cross-entropy is then a sum over `num_items_in_batch`, and the
+penalty of each micro-batch is weighted by its share of the items, so that the optimised objective is the mean CE
+over the window plus λ times the mean of the micro-batch penalties, on one process or many (the penalty's
+statistics are all-reduced with autograd, see `skipcollapse.loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer
+
+from .features import HeadInputs, logits_of
+from .loss import collapse_penalty
+
+
+class CollapseLossFunc:
+    """`compute_loss_func` for `transformers.Trainer`: CE + λ·collapse_penalty(z, labels).
+
+    Args:
+        model: the model the Trainer trains (a PeftModel with a SkipCollapse adapter, or any supported
+            classifier: the head input is then captured with a hook).
+        lam: λ; 0 gives exactly the cross-entropy.
+        num_classes: K for the penalty (inferred from the labels when None).
+        head_module: the head's name, for architectures not discovered automatically.
+    """
+
+    def __init__(
+        self, model: nn.Module, lam: float = 0.1, num_classes: Optional[int] = None, head_module: Optional[str] = None
+    ) -> None:
+        self.capture = HeadInputs(model, head_module)
+        self.lam = lam
+        self.num_classes = num_classes
+        self._parts: dict[str, float] = {}
+        self._count = 0
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = logits_of(outputs)
+        if num_items_in_batch is None:
+            ce = F.cross_entropy(logits, labels)
+            share = 1.0
+        else:
+            ce = F.cross_entropy(logits, labels, reduction="sum") / num_items_in_batch
+            share = (labels != -100).sum() / num_items_in_batch
+        if self.lam == 0:
+            return ce
+        penalty = collapse_penalty(self.capture.latest, labels, self.num_classes)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                self._record(ce=float(F.cross_entropy(logits, labels)), collapse_penalty=float(penalty))
+        return ce + self.lam * share * penalty
+
+    def _record(self, **parts: float) -> None:
+        self.add_to_step(**parts)
+        self._count += 1
+
+    def add_to_step(self, **parts: float) -> None:
+        """Add parts computed elsewhere for the current step (e.g. the GC regulariser) to the logged means."""
+        for name, value in parts.items():
+            self._parts[name] = self._parts.get(name, 0.0) + value
+
+    def pop_parts(self) -> dict[str, float]:
+        """Mean of each recorded part since the last call (what `CollapseTrainer` logs)."""
+        means = {name: total / self._count for name, total in self._parts.items()} if self._count else {}
+        self._parts, self._count = {}, 0
+        return means
+
+
+class CollapseTrainer(Trainer):
+    """A `Trainer` that trains with the collapse-aware loss and logs its parts.
+
+    Args:
+        collapse_lambda: λ of the collapse penalty (0: plain cross-entropy).
+        gc_lambda: weight of the geometric-complexity regulariser GC(z; x) (0: off). It costs one extra
+            backward pass per step (a vector-Jacobian product, differentiated again), so every op of the model
+            needs a double backward: load transformers models with `attn_implementation="eager"`.
+        gc_projections: random projections per step for the GC estimate.
+        num_classes: K for the penalty; inferred from the labels when None.
+        head_module: the head's name, for architectures not discovered automatically.
+        Everything else goes to `transformers.Trainer`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        collapse_lambda: float = 0.1,
+        gc_lambda: float = 0.0,
+        gc_projections: int = 1,
+        num_classes: Optional[int] = None,
+        head_module: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        if kwargs.get("compute_loss_func") is None:
+            kwargs["compute_loss_func"] = CollapseLossFunc(model, collapse_lambda, num_classes, head_module)
+        super().__init__(*args, **kwargs)
+        self.gc_lambda = gc_lambda
+        self.gc_projections = gc_projections
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if not (self.gc_lambda and model.training):
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        name = "pixel_values" if "pixel_values" in inputs else None
+        if name is None:
+            raise ValueError("gc_lambda needs image inputs (pixel_values); for text, use the GC metric on embeddings")
+        x = inputs[name].detach().requires_grad_(True)
+        result = super().compute_loss(model, {**inputs, name: x}, *args, **kwargs)
+        loss = result[0] if isinstance(result, tuple) else result
+        gc = _gc_of_features(self.compute_loss_func.capture.latest, x, self.gc_projections)
+        self.compute_loss_func.add_to_step(geometric_complexity=float(gc.detach()))
+        loss = loss + self.gc_lambda * gc
+        return (loss, *result[1:]) if isinstance(result, tuple) else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and isinstance(self.compute_loss_func, CollapseLossFunc):
+            logs.update(self.compute_loss_func.pop_parts())
+        super().log(logs, *args, **kwargs)
+
+
+def _gc_of_features(features: torch.Tensor, inputs: torch.Tensor, num_projections: int) -> torch.Tensor:
+    """GC of features already computed from `inputs` (reuses the training forward pass instead of a new one)."""
+    total = features.new_zeros(())
+    for _ in range(num_projections):
+        v = torch.randint(0, 2, features.shape, device=features.device).to(features.dtype) * 2 - 1
+        (vjp,) = torch.autograd.grad(features, inputs, grad_outputs=v, create_graph=True, retain_graph=True)
+        total = total + vjp.pow(2).flatten(1).sum(1).mean()
+    return total / num_projections

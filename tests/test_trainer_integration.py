@@ -1,0 +1,145 @@
+"""NC metrics and the collapse-aware loss inside the real transformers Trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+from test_trainer import _Dicts
+from tiny_models import build, make_inputs
+from transformers import Trainer, TrainingArguments
+
+from skipcollapse import (
+    CollapseLossFunc,
+    CollapseTrainer,
+    NeuralCollapseCallback,
+    SkipCollapseConfig,
+    collapse_metrics,
+    collapse_penalty,
+    head_features,
+)
+
+NC_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4")
+
+
+def _args(tmp_path, **overrides) -> TrainingArguments:
+    base = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=8, max_steps=2,
+        learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=0,
+    )
+    return TrainingArguments(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("adapted", [True, False])
+def test_callback_logs_nc_metrics_that_match_a_direct_computation(adapted: bool, tmp_path) -> None:
+    model = build("hf-vit")
+    if adapted:
+        model = get_peft_model(model, SkipCollapseConfig(fusion="concat"))
+    data, train_subset = _Dicts("hf-vit", n=24), _Dicts("hf-vit", n=12)
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=data, eval_dataset=data)
+    trainer.add_callback(NeuralCollapseCallback(trainer, train_dataset=train_subset))
+    trainer.train()
+    metrics = trainer.evaluate()
+    logged = [entry for entry in trainer.state.log_history if "eval_nc1" in entry]
+    assert logged and all(f"eval_{k}" in logged[-1] and f"train_{k}" in logged[-1] for k in NC_KEYS)
+    assert metrics["eval_nc1"] == logged[-1]["eval_nc1"]
+
+    # the same number straight from the features of one forward pass over the evaluation set
+    model.eval()
+    batch = data.items
+    with torch.no_grad():
+        if adapted:
+            logits = model(pixel_values=batch["pixel_values"]).logits
+            features = head_features(model)
+            weight = model.get_base_model().classifier.skipcollapse_head["default"].weight
+        else:
+            captured = {}
+            hook = model.classifier.register_forward_pre_hook(lambda m, a: captured.update(z=a[0]))
+            logits = model(pixel_values=batch["pixel_values"]).logits
+            hook.remove()
+            features, weight = captured["z"], model.classifier.weight
+    direct = collapse_metrics(features, batch["labels"], 3, head_weight=weight, logits=logits)
+    for key in NC_KEYS:
+        assert metrics[f"eval_{key}"] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
+
+
+def test_collapse_loss_func_with_lambda_zero_is_cross_entropy(tmp_path) -> None:
+    model = get_peft_model(build("hf-bert"), SkipCollapseConfig())
+    loss_func = CollapseLossFunc(model, lam=0.0)
+    inputs = make_inputs("hf-bert")
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    assert torch.equal(loss_func(out, inputs["labels"]), F.cross_entropy(out.logits, inputs["labels"]))
+    n = torch.tensor(12)
+    expected = F.cross_entropy(out.logits, inputs["labels"], reduction="sum") / n
+    assert torch.equal(loss_func(out, inputs["labels"], num_items_in_batch=n), expected)
+
+
+def test_collapse_loss_func_adds_the_weighted_penalty_of_the_same_forward_pass() -> None:
+    model = get_peft_model(build("hf-bert"), SkipCollapseConfig())
+    loss_func = CollapseLossFunc(model, lam=0.5)
+    inputs = make_inputs("hf-bert")
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    labels = inputs["labels"]
+    penalty = collapse_penalty(head_features(model), labels)
+    assert penalty > 0
+    loss = loss_func(out, labels, num_items_in_batch=torch.tensor(12))  # this micro-batch holds half the items
+    expected = F.cross_entropy(out.logits, labels, reduction="sum") / 12 + 0.5 * (6 / 12) * penalty
+    torch.testing.assert_close(loss, expected)
+
+
+def _trained_params(tmp_path, batch: int, accumulation: int, lam: float) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    base = build("hf-bert")
+    for module in base.modules():  # dropout would draw different masks for different micro-batch shapes
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model = get_peft_model(base, SkipCollapseConfig())
+    args = _args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1,
+                 learning_rate=1e-2, optim="sgd", lr_scheduler_type="constant", dataloader_drop_last=True)
+    trainer = CollapseTrainer(model=model, args=args, train_dataset=_Dicts("hf-bert", n=8), collapse_lambda=lam)
+    trainer.train()
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_gradient_accumulation_matches_one_big_batch_for_the_cross_entropy(tmp_path) -> None:
+    one = _trained_params(tmp_path / "a", batch=8, accumulation=1, lam=0.0)
+    two = _trained_params(tmp_path / "b", batch=4, accumulation=2, lam=0.0)
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _penalty_after_training(tmp_path, lam: float) -> tuple[float, list[dict]]:
+    torch.manual_seed(0)
+    base = build("hf-vit")
+    for module in base.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model = get_peft_model(base, SkipCollapseConfig())
+    data = _Dicts("hf-vit", n=24)
+    args = _args(tmp_path, per_device_train_batch_size=24, max_steps=20, learning_rate=1e-3)
+    trainer = CollapseTrainer(model=model, args=args, train_dataset=data, collapse_lambda=lam)
+    trainer.train()
+    model.eval()
+    with torch.no_grad():
+        model(pixel_values=data.items["pixel_values"])
+        penalty = collapse_penalty(head_features(model), data.items["labels"])
+    return float(penalty), trainer.state.log_history
+
+
+def test_collapse_trainer_logs_the_parts_and_lowers_the_penalty(tmp_path) -> None:
+    with_penalty, history = _penalty_after_training(tmp_path / "a", lam=1.0)
+    without, _ = _penalty_after_training(tmp_path / "b", lam=0.0)
+    parts = [e for e in history if "collapse_penalty" in e]
+    assert len(parts) == 20 and all("ce" in e for e in parts)
+    assert with_penalty < 0.8 * without
+
+
+def test_geometric_complexity_regulariser_is_logged_and_trains(tmp_path) -> None:
+    model = get_peft_model(build("hf-resnet"), SkipCollapseConfig())
+    args = _args(tmp_path, max_steps=2)
+    trainer = CollapseTrainer(model=model, args=args, train_dataset=_Dicts("hf-resnet"), collapse_lambda=0.1,
+                              gc_lambda=0.01)
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "geometric_complexity" in e]
+    assert logged and all(e["geometric_complexity"] > 0 for e in logged)
