@@ -1,0 +1,80 @@
+"""Peak memory of a block of code, the way the benchmarks and the comparison report it.
+
+On CUDA: the peak of `torch.cuda.max_memory_allocated` above what was allocated on entry (tensors only).
+On CPU: the peak resident set size of the process above its size on entry (after returning freed heap pages to
+the OS), sampled every few milliseconds by a background thread (tensors, allocator caches and Python objects
+alike; short spikes between samples can be missed). Both are "extra memory this code needed", comparable between methods measured the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass
+class PeakMemory:
+    """Filled in when the `peak_memory()` block exits."""
+
+    bytes: int = 0
+    device: str = "cpu"
+
+    @property
+    def mib(self) -> float:
+        return self.bytes / 2**20
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, so the RSS on entry is a fair baseline."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline may include freed pages
+        pass
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+@contextmanager
+def peak_memory(device: torch.device | str = "cpu", interval: float = 0.005) -> Iterator[PeakMemory]:
+    """Measure the extra memory the body needs at its peak (see the module docstring for what is counted)."""
+    result = PeakMemory(device=str(device))
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result.bytes = torch.cuda.max_memory_allocated(device) - start
+        return
+    _release_free_memory()
+    start = _rss()
+    peak = [start]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result.bytes = max(peak[0], _rss()) - start
