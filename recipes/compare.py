@@ -66,6 +66,7 @@ def run_one(args: argparse.Namespace, method: str, shots: str, seed: int) -> dic
         per_device_eval_batch_size=2 * args.batch_size, learning_rate=DEFAULT_LR[method], lr_scheduler_type="cosine",
         save_strategy="no", eval_strategy="no", logging_strategy="no", report_to=[], seed=seed, disable_tqdm=True,
         dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
     )
     common = dict(model=model, args=training_args, train_dataset=train_set, data_collator=collate)
     if method == "scl-ft+collapse":

@@ -22,7 +22,7 @@ import torch
 from peft import get_peft_model
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
-from skipcollapse import SkipCollapseConfig
+from skipcollapse import CollapseTrainer, NeuralCollapseCallback, SkipCollapseConfig
 from skipcollapse.zoo import load_backbone, load_task
 
 
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--collapse-lambda", type=float, default=0.0, help="> 0: train with the collapse-aware loss")
+    p.add_argument("--nc-callback", action="store_true", help="log NC metrics of eval and 256 train examples")
     p.add_argument("--output-dir", default="runs/finetune")
     return p.parse_args(argv)
 
@@ -81,11 +83,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         per_device_eval_batch_size=2 * args.batch_size, learning_rate=args.lr, lr_scheduler_type="cosine",
         weight_decay=0.0, eval_strategy="epoch", save_strategy="no", logging_strategy="epoch",
         report_to=[], seed=args.seed, dataloader_num_workers=0, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
     )
-    trainer = Trainer(
+    common = dict(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=test_set,
         data_collator=collator, compute_metrics=accuracy,
     )
+    if args.collapse_lambda > 0:
+        trainer = CollapseTrainer(**common, collapse_lambda=args.collapse_lambda, num_classes=task.num_labels)
+    else:
+        trainer = Trainer(**common)
+    if args.nc_callback:
+        subset = torch.utils.data.Subset(train_set, range(min(256, len(train_set))))
+        trainer.add_callback(NeuralCollapseCallback(trainer, train_dataset=subset, num_classes=task.num_labels))
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
@@ -98,12 +108,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "train_examples": len(train_set), "test_examples": len(test_set),
         "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
         "test_accuracy": metrics["eval_accuracy"], "test_loss": metrics["eval_loss"], "train_seconds": train_seconds,
+        **{key: value for key, value in metrics.items() if "_nc" in key or "_cdnv" in key},
     }
     if trainer.is_world_process_zero():
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "result.json").write_text(json.dumps(result, indent=2))
         print(
-            f"{args.model} -> {args.dataset}: SCL-FT on {result['source_layer']} ({args.fusion})\n"
+            f"{args.model} -> {args.dataset}: SCL-FT on {result['source_layer']} ({args.fusion}), "
+            f"world size {training_args.world_size}\n"
             f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)\n"
             f"test accuracy: {100 * result['test_accuracy']:.2f}% on {len(test_set)} held-out examples "
             f"(trained on {len(train_set)} for {args.epochs:g} epochs in {train_seconds:.0f} s)\n"

@@ -63,6 +63,7 @@ class NeuralCollapseCallback(TrainerCallback):
     ) -> None:
         if model is None or eval_dataloader is None:
             return
+        broadcast_buffers_from_rank_zero(model)
         collate = getattr(self.trainer, "data_collator", None) or eval_dataloader.collate_fn or default_data_collator
         sets = {"eval": eval_dataloader.dataset}
         if self.train_dataset is not None:
@@ -79,6 +80,21 @@ class NeuralCollapseCallback(TrainerCallback):
                 state.log_history[-1].update(results)
         if metrics is not None:
             metrics.update(results)
+
+
+@torch.no_grad()
+def broadcast_buffers_from_rank_zero(model: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics) before measuring.
+
+    DDP broadcasts buffers at the start of each training forward, so after the last step every rank has updated
+    its trained BatchNorm statistics with its own batch. Measuring then would mix slightly different models;
+    rank 0's is the one that gets saved.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for buffer in unwrap(model).buffers():
+        if buffer.is_floating_point():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def measure_collapse(
