@@ -378,3 +378,16 @@ def test_degenerate_geometry():
     z = torch.tensor([[0.0, 1.0], [0.0, -1.0], [5.0, 1.0], [5.0, -1.0], [5.0, 0.0], [5.0, 0.0]])
     got = collapse_metrics(z, torch.tensor([0, 0, 1, 1, 2, 2]), 3)  # classes 1 and 2 share a mean
     assert got["cdnv"] == math.inf
+
+
+def test_nc1_ignores_the_rounding_direction_of_the_centred_means() -> None:
+    # Count-weighted centred class means sum to zero, so they span at most K-1 directions; with a large common
+    # offset the K-th singular value is pure rounding (~1e-16 of the largest) and must not enter NC1.
+    g = torch.Generator().manual_seed(3)
+    labels = torch.arange(80) % 4
+    class_shift = torch.randn(4, 384, generator=g, dtype=torch.float64)
+    z = 1e3 + class_shift[labels] + 0.5 * torch.randn(80, 384, generator=g, dtype=torch.float64)
+    got = collapse_metrics(z, labels, 4)["nc1"]
+    expected = reference_metrics(z, labels, 4)["nc1"]
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got < 10

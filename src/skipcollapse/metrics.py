@@ -492,8 +492,8 @@ def _metrics_from_statistics(
 
     NC1 never forms a d×d pseudo-inverse: Σ_B = MᵀM with M the centred means scaled by 1/√K'
     (K'×d, rank ≤ K'), so with the thin SVD M = U S Vᵀ, Σ_B^† = V S⁻² Vᵀ and
-    tr(Σ_W Σ_B^†) = Σ_j v_jᵀ Σ_W v_j / s_j², over s_j > rtol·s_max with rtol = max(K', d)·eps
-    (torch.linalg.pinv's default convention, applied to M's singular values). The projections
+    tr(Σ_W Σ_B^†) = Σ_j v_jᵀ Σ_W v_j / s_j², over the K'−1 leading directions with s_j² > d·eps·s_max²
+    (torch.linalg.pinv's default convention on Σ_B's eigenvalues s_j²). The projections
     v_jᵀ Σ_W v_j = (v_jᵀ G v_j − Σ_k (s_kᵀ v_j)² / n_k) / N cost O(K' d²) without forming Σ_W.
     """
     k, d = sums.shape
@@ -503,7 +503,11 @@ def _metrics_from_statistics(
     _, sing, vh = torch.linalg.svd(centred / k**0.5, full_matrices=False)
     if float(sing.max()) == 0.0:
         raise ValueError("all class means coincide; NC metrics are undefined")
-    keep = sing > max(k, d) * torch.finfo(_F64).eps * sing.max()
+    # Σ_k n_k (μ_k − μ_G) = 0, so M has rank ≤ K'−1: its K'-th singular value is rounding noise, which
+    # dividing by s² would blow up. Beyond that, drop what pinv(Σ_B) would drop: eigenvalues s² below
+    # d·eps·s_max² (the same convention as torch.linalg.pinv on the d×d Σ_B).
+    keep = sing.square() > d * torch.finfo(_F64).eps * sing.max().square()
+    keep[k - 1 :] = False
     v, sing = vh[keep].T, sing[keep]  # [d, r], [r]
     within_proj = (v * (gram @ v)).sum(dim=0) - ((sums @ v).square() / n[:, None]).sum(dim=0)
     nc1 = ((within_proj / total) / sing.square()).sum().clamp_min(0) / k
