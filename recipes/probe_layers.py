@@ -9,6 +9,7 @@ Offline defaults (real ImageNet weights, data shipped with scikit-learn):
 Several processes (each probes its shard, the statistics are summed, process 0 writes the files):
 
     accelerate launch --multi_gpu --num_processes 2 recipes/probe_layers.py
+    accelerate launch --config_file recipes/accelerate/two_cpu_processes.yaml recipes/probe_layers.py
     torchrun --standalone --nproc_per_node 2 recipes/probe_layers.py
 
 Lower NC1 = the block's pooled features already collapse the downstream classes more. The recommended block

@@ -1,0 +1,150 @@
+"""The ``skipcollapse`` command line.
+
+``skipcollapse probe`` measures neural collapse of every block of a backbone on the *training* split of a
+downstream task (the paper's score: collapse on downstream training data predicts transfer) and names the
+block to fine-tune with SCL-FT; with ``--models a,b,c`` it ranks backbones by the collapse of their head
+inputs next to H-score and LogME instead::
+
+    skipcollapse probe --model efficientnet_lite0 --dataset digits --image-size 64 --output-dir runs/probe
+    skipcollapse probe --models efficientnet_lite0,timm:resnet18 --dataset digits --output-dir runs/rank
+
+Models and tasks are resolved by `skipcollapse.zoo` (offline embedded names, ``timm:<name>``, hub ids or local
+paths). Under ``accelerate launch``/``torchrun`` each process probes its shard and process 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from transformers import DataCollatorWithPadding, default_data_collator
+
+from .probe import LayerReport, probe_layers, rank_backbones
+from .zoo import Backbone, Task, load_backbone, load_task
+
+RANKING_COLUMNS = ("name", "width", "num_examples", "nc1", "cdnv", "h_score", "logme",
+                   "rank_nc1", "rank_cdnv", "rank_h_score", "rank_logme")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skipcollapse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    probe = commands.add_parser("probe", help="neural collapse per block (or per backbone) on downstream training data")
+    probe.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0, minilm, timm:<name>, or a hub id/path")
+    probe.add_argument("--models", default=None, help="comma-separated backbones to rank (instead of probing one model's blocks)")
+    probe.add_argument("--dataset", default="digits", help="digits, tiny-text, or a datasets name/path")
+    probe.add_argument("--image-column", default="image")
+    probe.add_argument("--text-column", default="text")
+    probe.add_argument("--label-column", default="label")
+    probe.add_argument("--train-split", default="train")
+    probe.add_argument("--test-split", default="test")
+    probe.add_argument("--k-shot", type=int, default=None, help="keep k training examples per class (seeded)")
+    probe.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw and of the --max-examples subset")
+    probe.add_argument("--image-size", type=int, default=None, help="input resolution (default: the backbone's own)")
+    probe.add_argument("--max-examples", type=int, default=None, help="probe a seeded random subset of this many examples")
+    probe.add_argument("--batch-size", type=int, default=32)
+    probe.add_argument("--layers", default=None, help="comma-separated module names to probe (default: every block)")
+    probe.add_argument("--no-scores", action="store_true",
+                       help="skip H-score and LogME per block (they keep the pooled features in memory)")
+    probe.add_argument("--no-progress", action="store_true", help="no progress bar")
+    probe.add_argument("--output-dir", default="runs/probe")
+    return parser
+
+
+def _collate(backbone: Backbone) -> Any:
+    return DataCollatorWithPadding(backbone.tokenizer) if backbone.modality == "text" else default_data_collator
+
+
+def _train_data(task: Task, backbone: Backbone) -> tuple[Any, Any]:
+    """The training split, preprocessed for ``backbone``: collapse on the downstream *training* data is the score."""
+    train, _ = task.datasets(backbone)
+    return train, _collate(backbone)
+
+
+def _probe_one(args: argparse.Namespace, task: Task, device: Any, is_main: bool, out: Path) -> LayerReport:
+    backbone = load_backbone(args.model, task.num_labels, args.image_size)
+    model = backbone.model.to(device)
+    train, collate = _train_data(task, backbone)
+    report = probe_layers(
+        model, train, task.num_labels, batch_size=args.batch_size, collate_fn=collate,
+        layers=args.layers.split(",") if args.layers else None, max_examples=args.max_examples,
+        scores=not args.no_scores, seed=args.seed, progress=not args.no_progress,
+    )
+    if is_main:
+        report.to_csv(out / "probe.csv")
+        report.to_json(out / "probe.json")
+        report.plot(out / "probe.png", title=f"{args.model} on {args.dataset} (train split)")
+        examples = max((r.num_examples for r in report.layers), default=0)
+        print(f"{args.model} on {args.dataset}: {examples} training examples, {task.num_labels} classes, "
+              f"{report.pooling} pooling{' + ' + report.skip_norm if report.skip_norm else ''}")
+        print(report)
+        chosen = report.recommended
+        if chosen is not None:
+            print(f"Recommended SCL-FT source block: {chosen.name} (index {chosen.index}); use "
+                  f"SkipCollapseConfig(source_layer={chosen.name!r}) or source_layer={chosen.index}")
+        print(f"wrote {out / 'probe.csv'}, {out / 'probe.json'}, {out / 'probe.png'}")
+    return report
+
+
+def _rank(args: argparse.Namespace, task: Task, device: Any, is_main: bool, out: Path) -> list[dict[str, Any]]:
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--models names must be distinct, got {names}")
+    models, data, collate = {}, {}, {}
+    for name in names:
+        backbone = load_backbone(name, task.num_labels, args.image_size)
+        models[name] = backbone.model.to(device)
+        data[name], collate[name] = _train_data(task, backbone)
+    rows = rank_backbones(
+        models, data, task.num_labels, batch_size=args.batch_size, collate_fn=collate,
+        max_examples=args.max_examples, seed=args.seed, progress=not args.no_progress,
+    )
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "ranking.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=RANKING_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"backbones on {args.dataset} (train split), head-input features; rank 1 = predicted best")
+        print(_ranking_table(rows))
+        print(f"wrote {out / 'ranking.csv'}")
+    return rows
+
+
+def _ranking_table(rows: list[dict[str, Any]]) -> str:
+    header = ["name", "width", "n", "nc1 (rank)", "cdnv (rank)", "h_score (rank)", "logme (rank)"]
+    body = [[str(r["name"]), str(r["width"]), str(r["num_examples"])]
+            + [f"{r[s]:.4g} ({r['rank_' + s]})" for s in ("nc1", "cdnv", "h_score", "logme")] for r in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``skipcollapse`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    import torch
+    from accelerate import PartialState
+
+    # Initialises torch.distributed when started by accelerate/torchrun. Without a GPU, accelerate only sets up
+    # its multi-CPU (gloo) mode when told it runs on the CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    task = load_task(
+        args.dataset, k_shot=args.k_shot, seed=args.seed, image_column=args.image_column,
+        text_column=args.text_column, label_column=args.label_column, train_split=args.train_split,
+        test_split=args.test_split,
+    )
+    out = Path(args.output_dir)
+    if args.models:
+        _rank(args, task, state.device, state.is_main_process, out)
+    else:
+        _probe_one(args, task, state.device, state.is_main_process, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
