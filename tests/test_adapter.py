@@ -264,3 +264,12 @@ def test_head_features_helper_unwraps_and_refuses_plain_models() -> None:
     assert skipcollapse.head_features(model).shape == (6, 64)
     with pytest.raises(TypeError, match="no SkipCollapse adapter"):
         skipcollapse.head_features(build("hf-bert"))
+
+
+def test_replace_on_a_wrapped_timm_model_returns_the_loss_for_the_trainer() -> None:
+    model = get_peft_model(skipcollapse.TimmImageClassifier(build("timm-efficientnet")), SkipCollapseConfig(fusion="replace"))
+    pixels = make_inputs("timm-efficientnet")["x"]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    out = model(pixel_values=pixels, labels=labels)
+    assert out.loss is not None
+    torch.testing.assert_close(out.loss, nn.functional.cross_entropy(out.logits, labels))

@@ -19,6 +19,7 @@ from torch import nn
 from .architectures import Architecture, candidates_message, discover, infer_output_width
 from .config import SkipCollapseConfig
 from .layer import NO_MERGE, SkipCollapseLayer, SkipHeadLayer, SkipSourceLayer, SkipToHead
+from .timm_classifier import TimmImageClassifier
 
 _ADAPTER_OWNED = re.compile(r"(^|\.)(skipcollapse_\w+|modules_to_save)(\.|$)")
 
@@ -122,13 +123,16 @@ class SkipCollapseModel(BaseTuner):
         return super()._unload_and_optionally_merge(*args, **kwargs)
 
     def _classifier_output(self, logits: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-        """What the base model would return for these logits: a ModelOutput with the loss for transformers models."""
+        """What the base model would return for these logits: a ModelOutput with the loss for transformers models and
+        `TimmImageClassifier`, the logits for any other module."""
         from transformers import PreTrainedModel
         from transformers.modeling_outputs import SequenceClassifierOutput
 
+        labels = kwargs.get("labels")
+        if isinstance(self.model, TimmImageClassifier):
+            return self.model.output_from_logits(logits, labels)
         if not isinstance(self.model, PreTrainedModel):
             return logits
-        labels = kwargs.get("labels")
         loss = None if labels is None else self.model.loss_function(labels, logits, self.model.config)
         if kwargs.get("return_dict") is False:
             return (logits,) if loss is None else (loss, logits)

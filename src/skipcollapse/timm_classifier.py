@@ -26,6 +26,10 @@ class TimmImageClassifier(nn.Module):
         return self.timm_model.num_classes
 
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> SequenceClassifierOutput:
-        logits = self.timm_model(pixel_values)
+        return self.output_from_logits(self.timm_model(pixel_values), labels)
+
+    @staticmethod
+    def output_from_logits(logits: torch.Tensor, labels: Optional[torch.Tensor] = None) -> SequenceClassifierOutput:
+        """What `forward` returns for these logits (also used when an adapter computes the logits itself)."""
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
