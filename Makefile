@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow demo compare probe bench clean
+.PHONY: setup test test-slow demo finetune probe clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]  # 5: no slow test selected
 
 demo: setup
+	$(BIN)/python recipes/compare.py
+
+finetune: setup
 	$(BIN)/python recipes/finetune.py
+
+probe: setup
+	$(BIN)/skipcollapse probe --output-dir runs/probe
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -5,6 +5,7 @@ Importing the package registers the method with peft, so ``get_peft_model(model,
 """
 
 from .architectures import block_names, discover
+from .cache import CachedSkipModel, PrefixCache, build_prefix_cache
 from .callbacks import NeuralCollapseCallback, measure_collapse
 from .config import SkipCollapseConfig
 from .features import HeadInputs
@@ -22,6 +23,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PEFT_TYPE",
+    "CachedSkipModel",
+    "PrefixCache",
+    "build_prefix_cache",
     "CollapseLoss",
     "CollapseLossFunc",
     "CollapseMetrics",

@@ -1,0 +1,374 @@
+"""One training epoch of SCL-FT from the prefix cache against full fine-tuning, LoRA and SCL-FT without the cache.
+
+    python benchmarks/bench_epoch.py                          # EfficientNet-Lite0 (ImageNet) on digits, 64 px
+    python benchmarks/bench_epoch.py --max-examples 1258 --repeats 3 --image-size 96
+
+Same backbone, data subset, batch size, optimizer (AdamW, lr 1e-3) and seeded batch order for every method:
+  full FT          every parameter trains (BatchNorm in train mode)
+  LoRA             peft LoRA r=8 on every 1x1 conv / linear inside the blocks, classifier via modules_to_save
+  SCL-FT           SkipCollapse adapter on the default (middle) block, fusion replace / add, without the cache
+  SCL-FT + cache   the same adapter trained by CachedSkipModel from a PrefixCache built first (timed apart)
+
+Time. One process holds all six trainees and times their epochs round-robin, `--repeats` rounds after
+`--warmup-steps` steps each, and reports each method's fastest epoch: the cores are shared with other jobs, and
+interleaving exposes every method to the same background load while the minimum is its least disturbed run.
+Data loading is included (a cached epoch reads no images). `--threads` defaults to 1: on two cores shared with
+other jobs, torch's two intra-op threads spend most of their time waiting at barriers for a descheduled peer (a
+full fine-tuning step measured ~4x slower with 2 threads than with 1 here).
+
+Memory. Each method also runs alone in a fresh process (so no allocator state carries over): after loading model
+and data it samples the process's anonymous resident memory (RssAnon in /proc/self/status) every millisecond in a
+thread while it (builds the cache and) runs `--memory-steps` optimizer steps, and reports the peak minus the level
+before. Anonymous memory is the heap: gradients, optimizer state, activations, allocator slack, the cache; it
+leaves out file-backed pages such as the shared libraries' code that the first convolution pages in, which would
+otherwise swamp the differences. It counts pages the allocator holds, not bytes of live tensors, and a peak shorter
+than a millisecond can be missed. On CUDA: torch.cuda.max_memory_allocated above the allocation before.
+
+Ratios are to full fine-tuning. Targets on CPU: cached SCL-FT epoch <= 0.35x full FT and <= 0.7x LoRA; peak memory
+<= 0.5x full FT. The cache's build time is reported apart and amortised: (build + E epochs) / E, E = --amortise-epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+METHODS = ("full", "lora", "scl-replace", "scl-add", "scl-replace-cache", "scl-add-cache")
+LABELS = {
+    "full": "full fine-tuning",
+    "lora": "LoRA r=8",
+    "scl-replace": "SCL-FT replace",
+    "scl-add": "SCL-FT add",
+    "scl-replace-cache": "SCL-FT replace + cache",
+    "scl-add-cache": "SCL-FT add + cache",
+}
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--max-examples", type=int, default=512, help="seeded subset of the 1258 training digits")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per method before the timed epochs")
+    p.add_argument("--repeats", type=int, default=2, help="timed epochs per method (round-robin); the fastest counts")
+    p.add_argument("--memory-steps", type=int, default=3, help="optimizer steps of the memory measurement")
+    p.add_argument("--amortise-epochs", type=int, default=3, help="E in the amortised cost (build + E epochs) / E")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--worker", choices=("time", "memory"), help=argparse.SUPPRESS)  # internal
+    return p.parse_args(argv)
+
+
+# ============================================================================================ trainees
+@dataclass
+class Trainee:
+    """One method ready to train: the module to call, its data, optimizer and loader."""
+
+    method: str
+    model: Any
+    loader: Any
+    optimizer: Any
+    trainable: int
+    build_seconds: Optional[float] = None
+    cache_mib: Optional[float] = None
+
+
+def _load_data_and_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    import torch
+    from torch.utils.data import Subset
+
+    from skipcollapse.zoo import load_backbone, load_task
+
+    task = load_task("digits")
+    backbone = load_backbone("efficientnet_lite0", task.num_labels, image_size=args.image_size)
+    train_set, _ = task.datasets(backbone)
+    keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[: args.max_examples]
+    return Subset(train_set, sorted(keep.tolist())), backbone.model.to(args.device)
+
+
+def _lora_targets(model: Any) -> list[str]:
+    """Every 1x1/dense conv (groups == 1) and linear inside the blocks: what LoRA users adapt on a CNN."""
+    from torch import nn
+
+    names = []
+    for name, module in model.named_modules():
+        if ".blocks." not in f".{name}":
+            continue
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
+            names.append(name)
+    return names
+
+
+def wrap(method: str, model: Any) -> Any:
+    """The model each method trains, before any cache."""
+    from peft import LoraConfig, get_peft_model
+
+    from skipcollapse import SkipCollapseConfig
+
+    if method == "full":
+        return model
+    if method == "lora":
+        config = LoraConfig(
+            r=8, lora_alpha=16, target_modules=_lora_targets(model), modules_to_save=["timm_model.classifier"]
+        )
+        return get_peft_model(model, config)
+    fusion = "replace" if method.startswith("scl-replace") else "add"
+    return get_peft_model(model, SkipCollapseConfig(fusion=fusion))
+
+
+def prepare(method: str, model: Any, train_set: Any, args: argparse.Namespace) -> Trainee:
+    """Build the cache (timed) when the method uses one, then the optimizer and a seeded loader."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import default_data_collator
+
+    from skipcollapse.cache import CachedSkipModel, build_prefix_cache
+
+    build_seconds, cache_mib, data = None, None, train_set
+    if method.endswith("-cache"):
+        start = time.perf_counter()
+        cache = build_prefix_cache(model, train_set, batch_size=args.batch_size)
+        build_seconds = time.perf_counter() - start
+        cache_mib = cache.nbytes / 2**20
+        model, data = CachedSkipModel(model, cache), cache.dataset()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    loader = DataLoader(
+        data, batch_size=args.batch_size, shuffle=True, collate_fn=default_data_collator,
+        generator=torch.Generator().manual_seed(0),
+    )
+    return Trainee(method, model, loader, optimizer, sum(p.numel() for p in params), build_seconds, cache_mib)
+
+
+def step(trainee: Trainee, batch: dict[str, Any], device: Any) -> float:
+    import torch
+
+    batch = {k: v.to(device) for k, v in batch.items()}
+    trainee.optimizer.zero_grad(set_to_none=True)
+    output = trainee.model(**batch)
+    # A timm model under SCL-FT replace fusion comes back from the PeftModel as bare logits (the tuner adds the loss
+    # only for transformers models); the loss is then the cross-entropy TimmImageClassifier computes.
+    loss = output.loss if hasattr(output, "loss") else torch.nn.functional.cross_entropy(output, batch["labels"])
+    loss.backward()
+    trainee.optimizer.step()
+    return float(loss)
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ============================================================================================ workers
+def _setup(args: argparse.Namespace) -> Any:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return torch.device(args.device)
+
+
+def time_worker(args: argparse.Namespace, methods: list[str]) -> list[dict[str, Any]]:
+    """All methods in one process, epochs timed round-robin."""
+    import torch
+
+    device = _setup(args)
+    trainees = []
+    for method in methods:
+        train_set, model = _load_data_and_model(args)
+        trainee = prepare(method, wrap(method, model), train_set, args)
+        batches = iter(trainee.loader)
+        for _ in range(args.warmup_steps):
+            step(trainee, next(batches), device)
+        trainees.append(trainee)
+    epochs: dict[str, list[float]] = {t.method: [] for t in trainees}
+    for _ in range(args.repeats):
+        for trainee in trainees:
+            _sync(device)
+            start = time.perf_counter()
+            for batch in trainee.loader:
+                step(trainee, batch, device)
+            _sync(device)
+            epochs[trainee.method].append(time.perf_counter() - start)
+    return [
+        {
+            "method": t.method,
+            "epoch_seconds": min(epochs[t.method]),
+            "all_epoch_seconds": [round(s, 3) for s in epochs[t.method]],
+            "build_seconds": t.build_seconds,
+            "cache_mib": t.cache_mib,
+            "trainable": t.trainable,
+            "examples": len(t.loader.dataset),
+            "steps_per_epoch": len(t.loader),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
+        for t in trainees
+    ]
+
+
+def _rss_anon_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: sampled RssAnon on CPU, the allocator's peak on CUDA."""
+
+    def __init__(self, device: Any, interval: float = 0.001) -> None:
+        self.device, self.interval = device, interval
+        self.peak = 0
+
+    def __enter__(self) -> "PeakMemory":
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        self.base = self.peak = _rss_anon_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_anon_bytes())
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_anon_bytes())
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak - self.base
+
+
+def memory_worker(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """One method alone in this fresh process: peak memory of (building the cache and) a few training steps."""
+    device = _setup(args)
+    train_set, model = _load_data_and_model(args)
+    model = wrap(method, model)
+    with PeakMemory(device) as memory:
+        trainee = prepare(method, model, train_set, args)
+        batches = iter(trainee.loader)
+        for _ in range(args.memory_steps):
+            step(trainee, next(batches), device)
+    return {"method": method, "peak_bytes": memory.peak_bytes}
+
+
+# ============================================================================================ driver
+def _worker(args: argparse.Namespace, kind: str, methods: list[str]) -> list[dict[str, Any]]:
+    command = [sys.executable, __file__, "--worker", kind, "--methods", ",".join(methods)]
+    flags = ("image_size", "max_examples", "batch_size", "warmup_steps", "repeats", "memory_steps", "threads", "device")
+    for flag in flags:
+        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} worker for {methods} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if args.worker == "time":
+        print(json.dumps(time_worker(args, methods)))
+        return []
+    if args.worker == "memory":
+        print(json.dumps([memory_worker(args, m) for m in methods]))
+        return []
+
+    load_before, started = _load(), time.perf_counter()
+    results = _worker(args, "time", methods)
+    print(f"  timed {len(methods)} methods ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    for result in results:
+        result.update(_worker(args, "memory", [result["method"]])[0])
+        print(f"  memory of {LABELS[result['method']]} measured", file=sys.stderr, flush=True)
+    print_table(args, results, load_before, time.perf_counter() - started)
+    return results
+
+
+def _ratio(value: Optional[float], reference: Optional[float]) -> str:
+    return f"{value / reference:.3f}" if value is not None and reference else "-"
+
+
+def print_table(args: argparse.Namespace, results: list[dict[str, Any]], load_before: str, wall: float) -> None:
+    by = {r["method"]: r for r in results}
+    full, lora = by.get("full"), by.get("lora")
+    first, e = results[0], args.amortise_epochs
+    print(
+        f"EfficientNet-Lite0 (ImageNet weights) on digits: {first['examples']} training images at "
+        f"{args.image_size}x{args.image_size}, batch {args.batch_size} ({first['steps_per_epoch']} steps/epoch), "
+        f"AdamW; {args.device}, torch {first['torch']}, {first['threads']} thread(s)"
+    )
+    peak_what = (
+        "sampled RssAnon peak above the level after loading model+data, own process"
+        if args.device == "cpu"
+        else "torch.cuda.max_memory_allocated above the level before"
+    )
+    print(
+        f"epoch = fastest of {args.repeats} round-robin epochs after {args.warmup_steps} warm-up steps; "
+        f"peak = {peak_what}"
+    )
+    header = (
+        f"{'method':<24}{'trainable':>11}{'epoch s':>9}{'x full':>8}{'x LoRA':>8}{'peak MiB':>10}{'x full':>8}"
+        f"{'build s':>9}{f'amort.{e} s':>10}{'x full':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        epoch, peak, build = r["epoch_seconds"], r["peak_bytes"] / 2**20, r["build_seconds"]
+        amortised = (build + e * epoch) / e if build is not None else None
+        print(
+            f"{LABELS[r['method']]:<24}{r['trainable']:>11,}{epoch:>9.2f}"
+            f"{_ratio(epoch, full and full['epoch_seconds']):>8}{_ratio(epoch, lora and lora['epoch_seconds']):>8}"
+            f"{peak:>10.1f}{_ratio(peak, full and full['peak_bytes'] / 2**20):>8}"
+            f"{(f'{build:.2f}' if build is not None else '-'):>9}"
+            f"{(f'{amortised:.2f}' if amortised is not None else '-'):>10}"
+            f"{_ratio(amortised, full and full['epoch_seconds']):>8}"
+        )
+    print("epochs (s): " + "; ".join(f"{r['method']} {r['all_epoch_seconds']}" for r in results))
+    caches = [r for r in results if r["cache_mib"] is not None]
+    if caches:
+        print(f"cache: {caches[0]['cache_mib']:.2f} MiB in memory (the source block's inputs + labels)")
+    print(f"load average before: {load_before}, after: {_load()}; benchmark wall time {wall:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
