@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--source-layer", default=None, help="block l for Layer FT and SCL-FT (default: the middle one)")
     p.add_argument("--collapse-lambda", type=float, default=0.1)
+    p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR", help=f"override learning rates {DEFAULT_LR}")
     p.add_argument("--output-dir", default="runs/compare")
     return p.parse_args(argv)
 
@@ -63,7 +64,7 @@ def run_one(args: argparse.Namespace, method: str, shots: str, seed: int) -> dic
     collate = default_data_collator if backbone.modality == "image" else DataCollatorWithPadding(backbone.tokenizer)
     training_args = TrainingArguments(
         output_dir=str(Path(args.output_dir) / "tmp"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=2 * args.batch_size, learning_rate=DEFAULT_LR[method], lr_scheduler_type="cosine",
+        per_device_eval_batch_size=2 * args.batch_size, learning_rate=learning_rates(args)[method], lr_scheduler_type="cosine",
         save_strategy="no", eval_strategy="no", logging_strategy="no", report_to=[], seed=seed, disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
@@ -90,6 +91,14 @@ def run_one(args: argparse.Namespace, method: str, shots: str, seed: int) -> dic
         "seconds_per_epoch": seconds * steps_per_epoch / args.steps, "peak_memory_mib": memory.mib,
         "nc1_train": nc["train"]["nc1"], "nc1_test": nc["test"]["nc1"],
     }
+
+
+def learning_rates(args: argparse.Namespace) -> dict[str, float]:
+    overrides = dict(item.split("=", 1) for item in args.lr)
+    unknown = set(overrides) - set(METHODS)
+    if unknown:
+        raise ValueError(f"--lr names unknown methods {sorted(unknown)}; methods: {list(METHODS)}")
+    return {**DEFAULT_LR, **{method: float(value) for method, value in overrides.items()}}
 
 
 @torch.no_grad()

@@ -23,21 +23,12 @@ from peft import get_peft_model
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
 from skipcollapse import CollapseTrainer, NeuralCollapseCallback, SkipCollapseConfig
-from skipcollapse.zoo import load_backbone, load_task
+from skipcollapse.zoo import add_data_arguments, load_backbone, task_from_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0, minilm, timm:<name>, or a hub id/path")
-    p.add_argument("--dataset", default="digits", help="digits, tiny-text, or a datasets name/path")
-    p.add_argument("--image-column", default="image")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--image-size", type=int, default=64, help="input resolution for image backbones")
-    p.add_argument("--k-shot", type=int, default=None, help="keep k training examples per class (seeded)")
-    p.add_argument("--seed", type=int, default=0)
+    add_data_arguments(p, image_size=64)
     p.add_argument("--source-layer", default=None, help="block name or index (default: the middle block)")
     p.add_argument("--fusion", default="add", choices=["add", "concat", "replace"])
     p.add_argument("--train-source", default="full", choices=["full", "norms_biases", "none"])
@@ -64,11 +55,7 @@ def accuracy(prediction) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    task = load_task(
-        args.dataset, k_shot=args.k_shot, seed=args.seed, image_column=args.image_column,
-        text_column=args.text_column, label_column=args.label_column, train_split=args.train_split,
-        test_split=args.test_split,
-    )
+    task = task_from_args(args)
     backbone = load_backbone(args.model, task.num_labels, image_size=args.image_size)
     train_set, test_set = task.datasets(backbone)
     config = SkipCollapseConfig(

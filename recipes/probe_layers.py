@@ -27,18 +27,14 @@ from accelerate import PartialState
 from transformers import DataCollatorWithPadding, default_data_collator
 
 from skipcollapse.probe import LayerReport, probe_layers
-from skipcollapse.zoo import load_backbone, load_task
+from skipcollapse.zoo import add_data_arguments, load_backbone, task_from_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0, minilm, timm:<name>, or a hub id/path")
-    p.add_argument("--dataset", default="digits", help="digits, tiny-text, or a datasets name/path")
-    p.add_argument("--image-size", type=int, default=64, help="input resolution for image backbones")
-    p.add_argument("--k-shot", type=int, default=None, help="keep k training examples per class (seeded)")
+    add_data_arguments(p, image_size=64)
     p.add_argument("--max-examples", type=int, default=None, help="probe a seeded random subset of this many examples")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="runs/probe")
     return p.parse_args(argv)
 
@@ -47,7 +43,7 @@ def main(argv: list[str] | None = None) -> LayerReport:
     args = parse_args(argv)
     # Sets up torch.distributed when launched by accelerate/torchrun (gloo on CPU-only machines); a no-op otherwise.
     state = PartialState(cpu=not torch.cuda.is_available())
-    task = load_task(args.dataset, k_shot=args.k_shot, seed=args.seed)
+    task = task_from_args(args)
     backbone = load_backbone(args.model, task.num_labels, image_size=args.image_size)
     train_set, _ = task.datasets(backbone)  # collapse on the downstream *training* data is the score
     collator = default_data_collator if backbone.modality == "image" else DataCollatorWithPadding(backbone.tokenizer)

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 from transformers import DataCollatorWithPadding, default_data_collator
 
 from .probe import LayerReport, probe_layers, rank_backbones
-from .zoo import Backbone, Task, load_backbone, load_task
+from .zoo import Backbone, Task, add_data_arguments, load_backbone, task_from_args
 
 RANKING_COLUMNS = ("name", "width", "num_examples", "nc1", "cdnv", "h_score", "logme",
                    "rank_nc1", "rank_cdnv", "rank_h_score", "rank_logme")
@@ -34,17 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     probe = commands.add_parser("probe", help="neural collapse per block (or per backbone) on downstream training data")
-    probe.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0, minilm, timm:<name>, or a hub id/path")
+    add_data_arguments(probe, image_size=None)
     probe.add_argument("--models", default=None, help="comma-separated backbones to rank (instead of probing one model's blocks)")
-    probe.add_argument("--dataset", default="digits", help="digits, tiny-text, or a datasets name/path")
-    probe.add_argument("--image-column", default="image")
-    probe.add_argument("--text-column", default="text")
-    probe.add_argument("--label-column", default="label")
-    probe.add_argument("--train-split", default="train")
-    probe.add_argument("--test-split", default="test")
-    probe.add_argument("--k-shot", type=int, default=None, help="keep k training examples per class (seeded)")
-    probe.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw and of the --max-examples subset")
-    probe.add_argument("--image-size", type=int, default=None, help="input resolution (default: the backbone's own)")
     probe.add_argument("--max-examples", type=int, default=None, help="probe a seeded random subset of this many examples")
     probe.add_argument("--batch-size", type=int, default=32)
     probe.add_argument("--layers", default=None, help="comma-separated module names to probe (default: every block)")
@@ -133,11 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Initialises torch.distributed when started by accelerate/torchrun. Without a GPU, accelerate only sets up
     # its multi-CPU (gloo) mode when told it runs on the CPU.
     state = PartialState(cpu=not torch.cuda.is_available())
-    task = load_task(
-        args.dataset, k_shot=args.k_shot, seed=args.seed, image_column=args.image_column,
-        text_column=args.text_column, label_column=args.label_column, train_split=args.train_split,
-        test_split=args.test_split,
-    )
+    task = task_from_args(args)
     out = Path(args.output_dir)
     if args.models:
         _rank(args, task, state.device, state.is_main_process, out)

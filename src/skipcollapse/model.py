@@ -78,8 +78,7 @@ class SkipCollapseModel(BaseTuner):
                 layer = SkipHeadLayer(target)
                 self._replace_module(parent, target_name, layer, target)
             layer.update_layer(adapter_name, fusion=peft_config.fusion, skip_dim=_skip_width(peft_config, target))
-        if adapter_name not in self.active_adapters:
-            layer.set_adapter(self.active_adapters)
+        # which adapter is active on the new layers is set by peft's inject_adapter right after this
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         super().inject_adapter(model, adapter_name, *args, **kwargs)

@@ -160,6 +160,29 @@ def load_task(
     return task
 
 
+def add_data_arguments(parser: Any, image_size: Optional[int] = 64) -> None:
+    """The backbone and data options every recipe and the CLI share (`task_from_args` reads them back)."""
+    parser.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0, minilm, timm:<name>, or a hub id/path")
+    parser.add_argument("--dataset", default="digits", help="digits, tiny-text, or a datasets name/path")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--image-size", type=int, default=image_size, help="input resolution for image backbones")
+    parser.add_argument("--k-shot", type=int, default=None, help="keep k training examples per class (seeded)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw, the head's init and training")
+
+
+def task_from_args(args: Any) -> Task:
+    """`load_task` with the options of `add_data_arguments`."""
+    return load_task(
+        args.dataset, k_shot=args.k_shot, seed=args.seed, image_column=args.image_column,
+        text_column=args.text_column, label_column=args.label_column, train_split=args.train_split,
+        test_split=args.test_split,
+    )
+
+
 def _take(inputs: Any, index: torch.Tensor) -> Any:
     return inputs[index] if isinstance(inputs, torch.Tensor) else [inputs[i] for i in index.tolist()]
 
