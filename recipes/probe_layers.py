@@ -54,16 +54,14 @@ def main(argv: list[str] | None = None) -> LayerReport:
     )
     if state.is_main_process:
         out = Path(args.output_dir)
-        report.to_csv(out / "probe.csv")
-        report.to_json(out / "probe.json")
-        report.plot(out / "probe.png", title=f"{args.model} on {args.dataset}")
+        written = report.save(out, title=f"{args.model} on {args.dataset}")
         print(f"{args.model} on {args.dataset} (train split), {state.num_processes} process(es)")
         print(report)
         chosen = report.recommended
         if chosen is not None:
             print(f"fine-tune it: python recipes/finetune.py --model {args.model} --dataset {args.dataset} "
                   f"--source-layer {chosen.name}")
-        print(f"wrote {out}/probe.csv, probe.json, probe.png")
+        print(f"wrote {', '.join(str(path) for path in written)}")
     return report
 
 

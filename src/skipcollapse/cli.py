@@ -66,9 +66,7 @@ def _probe_one(args: argparse.Namespace, task: Task, device: Any, is_main: bool,
         scores=not args.no_scores, seed=args.seed, progress=not args.no_progress,
     )
     if is_main:
-        report.to_csv(out / "probe.csv")
-        report.to_json(out / "probe.json")
-        report.plot(out / "probe.png", title=f"{args.model} on {args.dataset} (train split)")
+        written = report.save(out, title=f"{args.model} on {args.dataset} (train split)")
         examples = max((r.num_examples for r in report.layers), default=0)
         print(f"{args.model} on {args.dataset}: {examples} training examples, {task.num_labels} classes, "
               f"{report.pooling} pooling{' + ' + report.skip_norm if report.skip_norm else ''}")
@@ -77,7 +75,7 @@ def _probe_one(args: argparse.Namespace, task: Task, device: Any, is_main: bool,
         if chosen is not None:
             print(f"Recommended SCL-FT source block: {chosen.name} (index {chosen.index}); use "
                   f"SkipCollapseConfig(source_layer={chosen.name!r}) or source_layer={chosen.index}")
-        print(f"wrote {out / 'probe.csv'}, {out / 'probe.json'}, {out / 'probe.png'}")
+        print(f"wrote {', '.join(str(path) for path in written)}")
     return report
 
 

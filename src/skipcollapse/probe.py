@@ -196,6 +196,15 @@ class LayerReport:
         fig.savefig(path, dpi=120)
         return path
 
+    def save(self, directory: Union[str, Path], title: Optional[str] = None) -> list[Path]:
+        """Write probe.csv, probe.json and probe.png into `directory`; returns their paths."""
+        directory = Path(directory)
+        return [
+            self.to_csv(directory / "probe.csv"),
+            self.to_json(directory / "probe.json"),
+            self.plot(directory / "probe.png", title=title),
+        ]
+
     def __str__(self) -> str:
         with_scores = any(r.h_score is not None or r.logme is not None for r in self.layers)
         header = ["", "idx", "block", "width", "n", "nc1", "cdnv", "nc2_etf"] + (["h_score", "logme"] if with_scores else [])
