@@ -5,7 +5,8 @@
 
 Same backbone, data subset, batch size, optimizer (AdamW, lr 1e-3) and seeded batch order for every method:
   full FT          every parameter trains (BatchNorm in train mode)
-  LoRA             peft LoRA r=8 on every 1x1 conv / linear inside the blocks, classifier via modules_to_save
+  LoRA             peft LoRA r=8 on every 1x1 conv / linear inside the blocks, classifier via modules_to_save,
+                   frozen BatchNorm kept in eval (skipcollapse.methods, as in the comparison recipe)
   SCL-FT           SkipCollapse adapter on the default (middle) block, fusion replace / add, without the cache
   SCL-FT + cache   the same adapter trained by CachedSkipModel from a PrefixCache built first (timed apart)
 
@@ -35,7 +36,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,32 +98,15 @@ def _load_data_and_model(args: argparse.Namespace) -> tuple[Any, Any]:
     return Subset(train_set, sorted(keep.tolist())), backbone.model.to(args.device)
 
 
-def _lora_targets(model: Any) -> list[str]:
-    """Every 1x1/dense conv (groups == 1) and linear inside the blocks: what LoRA users adapt on a CNN."""
-    from torch import nn
-
-    names = []
-    for name, module in model.named_modules():
-        if ".blocks." not in f".{name}":
-            continue
-        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
-            names.append(name)
-    return names
-
-
 def wrap(method: str, model: Any) -> Any:
-    """The model each method trains, before any cache."""
-    from peft import LoraConfig, get_peft_model
+    """The model each method trains, before any cache: the comparison recipe's setups (`skipcollapse.methods`)."""
+    from peft import get_peft_model
 
     from skipcollapse import SkipCollapseConfig
+    from skipcollapse.methods import prepare as prepare_method
 
-    if method == "full":
-        return model
-    if method == "lora":
-        config = LoraConfig(
-            r=8, lora_alpha=16, target_modules=_lora_targets(model), modules_to_save=["timm_model.classifier"]
-        )
-        return get_peft_model(model, config)
+    if method in ("full", "lora"):
+        return prepare_method(model, "full-ft" if method == "full" else "lora")
     fusion = "replace" if method.startswith("scl-replace") else "add"
     return get_peft_model(model, SkipCollapseConfig(fusion=fusion))
 
@@ -223,66 +206,19 @@ def time_worker(args: argparse.Namespace, methods: list[str]) -> list[dict[str, 
     ]
 
 
-def _rss_anon_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
-
-
-class PeakMemory:
-    """Peak memory above the level at entry: sampled RssAnon on CPU, the allocator's peak on CUDA."""
-
-    def __init__(self, device: Any, interval: float = 0.001) -> None:
-        self.device, self.interval = device, interval
-        self.peak = 0
-
-    def __enter__(self) -> "PeakMemory":
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return self
-        self.base = self.peak = _rss_anon_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_anon_bytes())
-
-    def __exit__(self, *exc: Any) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-            return
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_anon_bytes())
-
-    @property
-    def peak_bytes(self) -> int:
-        return self.peak - self.base
-
-
 def memory_worker(args: argparse.Namespace, method: str) -> dict[str, Any]:
     """One method alone in this fresh process: peak memory of (building the cache and) a few training steps."""
     device = _setup(args)
     train_set, model = _load_data_and_model(args)
     model = wrap(method, model)
-    with PeakMemory(device) as memory:
+    from skipcollapse.profiling import peak_memory  # imported here like torch: workers start lean
+
+    with peak_memory(device) as memory:
         trainee = prepare(method, model, train_set, args)
         batches = iter(trainee.loader)
         for _ in range(args.memory_steps):
             step(trainee, next(batches), device)
-    return {"method": method, "peak_bytes": memory.peak_bytes}
+    return {"method": method, "peak_bytes": memory.bytes}
 
 
 # ============================================================================================ driver

@@ -60,7 +60,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .architectures import discover
 from .config import SkipCollapseConfig
-from .layer import SkipSourceLayer, SkipToHead, first_tensor
+from .layer import SkipSourceLayer, SkipToHead, _device_of, first_tensor
 
 __all__ = [
     "CACHED_SUFFIX_FAMILIES",
@@ -757,12 +757,6 @@ def _config_key(config: SkipCollapseConfig) -> dict[str, Any]:
 
 def _root(base: nn.Module, name: Optional[str]) -> nn.Module:
     return base.get_submodule(name) if name else base
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:

@@ -1,16 +1,16 @@
 """Peak memory of a block of code, the way the benchmarks and the comparison report it.
 
 On CUDA: the peak of `torch.cuda.max_memory_allocated` above what was allocated on entry (tensors only).
-On CPU: the peak resident set size of the process above its size on entry (after returning freed heap pages to
-the OS), sampled every few milliseconds by a background thread (tensors, allocator caches and Python objects
-alike; short spikes between samples can be missed). Both are "extra memory this code needed", comparable between methods measured the same way.
+On CPU: the peak anonymous resident memory (RssAnon: heap pages, not shared-library code) of the process above its
+level on entry (after returning freed heap pages to the OS), sampled every millisecond by a background thread
+(tensors, allocator caches and Python objects alike; it counts pages the allocator holds, and short spikes between
+samples can be missed). Both are "extra memory this code needed", comparable between methods measured the same way.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
 
 @dataclass
 class PeakMemory:
@@ -44,12 +41,16 @@ def _release_free_memory() -> None:
 
 
 def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
+    """Anonymous resident memory (RssAnon): the heap, without shared-library code pages loaded on first use."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status: CPU peak memory is measured on Linux only")
 
 
 @contextmanager
-def peak_memory(device: torch.device | str = "cpu", interval: float = 0.005) -> Iterator[PeakMemory]:
+def peak_memory(device: torch.device | str = "cpu", interval: float = 0.001) -> Iterator[PeakMemory]:
     """Measure the extra memory the body needs at its peak (see the module docstring for what is counted)."""
     result = PeakMemory(device=str(device))
     if torch.device(device).type == "cuda":
