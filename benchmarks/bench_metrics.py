@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from skipcollapse.metrics import CollapseMetrics
+from skipcollapse.collapse.metrics import CollapseMetrics
 
 
 def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:

@@ -3,7 +3,7 @@
     python recipes/compare.py                          # EfficientNet-Lite0 -> digits, offline, a few minutes
     python recipes/compare.py --seeds 0 1 2 --shots full 10 5 --steps 150 --image-size 64   # the README table
 
-Methods (see skipcollapse.methods): linear probe, full fine-tuning, LoRA, Layer FT (block l, no skip), SCL-FT,
+Methods (see skipcollapse.zoo.methods): linear probe, full fine-tuning, LoRA, Layer FT (block l, no skip), SCL-FT,
 and SCL-FT with the collapse-aware loss. Every run of a setting sees the same training examples (k per class
 for few-shot rows, seeded) and is evaluated on the same held-out split. Reported per method: test accuracy
 (mean +- std over seeds), trainable parameters and share, train time per epoch, peak memory of training, and
@@ -24,9 +24,9 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
 from skipcollapse import CollapseTrainer, measure_collapse
-from skipcollapse.features import shard_loader
-from skipcollapse.methods import METHODS, prepare
-from skipcollapse.profiling import peak_memory
+from skipcollapse.collapse.features import shard_loader
+from skipcollapse.zoo.methods import METHODS, prepare
+from skipcollapse.zoo.profiling import peak_memory
 from skipcollapse.zoo import load_backbone, load_task
 
 DEFAULT_LR = {"linear-probe": 1e-2, "full-ft": 5e-4, "lora": 2e-3, "layer-ft": 1e-3, "scl-ft": 1e-3,
@@ -104,7 +104,7 @@ def learning_rates(args: argparse.Namespace) -> dict[str, float]:
 @torch.no_grad()
 def evaluate_accuracy(model, dataset, collate, batch_size: int, training_args: TrainingArguments) -> float:
     """Accuracy over the whole test split, counted on every process and summed."""
-    from skipcollapse.features import logits_of, model_inputs
+    from skipcollapse.collapse.features import logits_of, model_inputs
 
     loader = shard_loader(dataset, batch_size, collate, training_args.process_index, training_args.world_size)
     device = next(model.parameters()).device

@@ -14,7 +14,7 @@ import sys
 import torch
 from torch import Tensor, nn
 
-from skipcollapse.loss import CollapseLoss, collapse_penalty
+from skipcollapse.collapse.loss import CollapseLoss, collapse_penalty
 
 # Rank 0 holds rows 0..5, rank 1 rows 6..11. Class 2 appears once on rank 0 and twice on rank 1,
 # class 3 only on rank 1 (a single sample), and each rank has one ignored row.

@@ -39,14 +39,14 @@ def shard(rank: int, labels: torch.Tensor) -> torch.Tensor:
 
 
 def load_metrics_module():
-    """Load skipcollapse/metrics.py on its own (it needs only torch).
+    """Load skipcollapse/collapse/metrics.py on its own (it needs only torch).
 
     Importing the package would also import peft and transformers (the package registers itself
     with peft), which dominates the wall time of these short-lived processes on a small CPU box.
     ``find_spec`` of the top-level package locates it without running its ``__init__``.
     """
     package = importlib.util.find_spec("skipcollapse")
-    path = Path(list(package.submodule_search_locations)[0]) / "metrics.py"
+    path = Path(list(package.submodule_search_locations)[0]) / "collapse" / "metrics.py"
     spec = importlib.util.spec_from_file_location("skipcollapse_metrics_standalone", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

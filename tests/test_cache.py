@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from skipcollapse import SkipCollapseConfig, head_features
 from skipcollapse.cache import CachedSkipModel, PrefixCache, build_prefix_cache
-from skipcollapse.timm_classifier import TimmImageClassifier
+from skipcollapse.integrations.timm import TimmImageClassifier
 
 
 class Examples(torch.utils.data.Dataset):

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from skipcollapse import data as D  # noqa: E402
+from skipcollapse.zoo import data as D  # noqa: E402
 
 
 @pytest.fixture(scope="module")

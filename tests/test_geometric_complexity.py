@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from skipcollapse.geometric_complexity import (
+from skipcollapse.collapse.geometric_complexity import (
     GeometricComplexityRegularizer,
     gc_penalty,
     geometric_complexity,

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skipcollapse.loss import CollapseLoss, collapse_penalty
+from skipcollapse.collapse.loss import CollapseLoss, collapse_penalty
 
 WORKER = Path(__file__).with_name("_distributed_loss_worker.py")
 

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from skipcollapse.metrics import CollapseMetrics, collapse_metrics
+from skipcollapse.collapse.metrics import CollapseMetrics, collapse_metrics
 
 KEYS = ["nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf_distance"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from skipcollapse.metrics import collapse_metrics
+from skipcollapse.collapse.metrics import collapse_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _distributed_metrics_worker import NUM_CLASSES, dataset, shard  # noqa: E402

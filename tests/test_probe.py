@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from tiny_models import build
 
 from skipcollapse import SkipCollapseConfig, discover
-from skipcollapse.layer import SkipSourceLayer
-from skipcollapse.metrics import collapse_metrics
+from skipcollapse.adapter.layer import SkipSourceLayer
+from skipcollapse.collapse.metrics import collapse_metrics
 from skipcollapse.probe import (
     LayerReport,
     LayerRow,
@@ -33,7 +33,7 @@ from skipcollapse.probe import (
     recommend_layer,
     score_correlations,
 )
-from skipcollapse.transferability import h_score, logme
+from skipcollapse.collapse.transferability import h_score, logme
 
 K = 3
 N = 48

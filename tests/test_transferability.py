@@ -10,8 +10,8 @@ import torch
 from scipy.optimize import minimize
 from sklearn.covariance import LedoitWolf
 
-from skipcollapse.metrics import collapse_metrics
-from skipcollapse.transferability import h_score, ledoit_wolf_shrinkage, logme
+from skipcollapse.collapse.metrics import collapse_metrics
+from skipcollapse.collapse.transferability import h_score, ledoit_wolf_shrinkage, logme
 
 
 def blobs(n: int, d: int, k: int, separation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,18 +4,19 @@ Importing the package registers the method with peft, so ``get_peft_model(model,
 ``PeftModel.from_pretrained`` work like for LoRA.
 """
 
-from .architectures import block_names, discover
+from .adapter import PEFT_TYPE, SkipCollapseConfig, SkipCollapseModel, block_names, discover, head_features, register
 from .cache import CachedSkipModel, PrefixCache, build_prefix_cache
-from .callbacks import NeuralCollapseCallback, measure_collapse
-from .config import SkipCollapseConfig
-from .features import HeadInputs
-from .geometric_complexity import GeometricComplexityRegularizer, gc_penalty, geometric_complexity
-from .loss import CollapseLoss, collapse_penalty
-from .metrics import CollapseMetrics, collapse_metrics
-from .model import SkipCollapseModel, head_features
-from .peft_registration import PEFT_TYPE, register
-from .timm_classifier import TimmImageClassifier
-from .trainer import CollapseLossFunc, CollapseTrainer
+from .collapse import (
+    CollapseLoss,
+    CollapseMetrics,
+    GeometricComplexityRegularizer,
+    HeadInputs,
+    collapse_metrics,
+    collapse_penalty,
+    gc_penalty,
+    geometric_complexity,
+)
+from .integrations import CollapseLossFunc, CollapseTrainer, NeuralCollapseCallback, TimmImageClassifier, measure_collapse
 
 register()
 

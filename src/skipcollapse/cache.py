@@ -58,9 +58,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .architectures import discover
-from .config import SkipCollapseConfig
-from .layer import SkipSourceLayer, SkipToHead, _device_of, first_tensor
+from .adapter.architectures import discover
+from .adapter.config import SkipCollapseConfig
+from .adapter.layer import SkipSourceLayer, SkipToHead, _device_of, first_tensor
 
 __all__ = [
     "CACHED_SUFFIX_FAMILIES",

@@ -34,11 +34,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .architectures import Architecture, candidates_message, discover
-from .features import HeadInputs, model_inputs, shard_loader, unwrap
-from .layer import SkipSourceLayer, first_tensor, pool
-from .metrics import CollapseMetrics
-from .transferability import h_score, logme
+from .adapter.architectures import Architecture, candidates_message, discover
+from .collapse.features import HeadInputs, model_inputs, shard_loader, unwrap
+from .adapter.layer import SkipSourceLayer, first_tensor, pool
+from .collapse.metrics import CollapseMetrics
+from .collapse.transferability import h_score, logme
 
 __all__ = [
     "RECOMMENDATION_RULE",

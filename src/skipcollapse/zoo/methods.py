@@ -18,8 +18,8 @@ from typing import Optional
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from .architectures import discover
-from .config import SkipCollapseConfig
+from ..adapter.architectures import discover
+from ..adapter.config import SkipCollapseConfig
 
 METHODS = ("linear-probe", "full-ft", "lora", "layer-ft", "scl-ft", "scl-ft+collapse")
 

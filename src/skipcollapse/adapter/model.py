@@ -19,7 +19,6 @@ from torch import nn
 from .architectures import Architecture, candidates_message, discover, infer_output_width
 from .config import SkipCollapseConfig
 from .layer import NO_MERGE, SkipCollapseLayer, SkipHeadLayer, SkipSourceLayer, SkipToHead
-from .timm_classifier import TimmImageClassifier
 
 _ADAPTER_OWNED = re.compile(r"(^|\.)(skipcollapse_\w+|modules_to_save)(\.|$)")
 
@@ -126,6 +125,8 @@ class SkipCollapseModel(BaseTuner):
         `TimmImageClassifier`, the logits for any other module."""
         from transformers import PreTrainedModel
         from transformers.modeling_outputs import SequenceClassifierOutput
+
+        from ..integrations.timm import TimmImageClassifier
 
         labels = kwargs.get("labels")
         if isinstance(self.model, TimmImageClassifier):

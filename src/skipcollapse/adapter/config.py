@@ -13,7 +13,7 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
-from .peft_registration import PEFT_TYPE
+from .registration import PEFT_TYPE
 
 TRAIN_SOURCE_CHOICES = ("full", "norms_biases", "none")
 FUSION_CHOICES = ("add", "concat", "replace")

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, default_data_collator
 
-from .features import HeadInputs, iterate_features, shard_loader, unwrap
-from .metrics import CollapseMetrics
+from ..collapse.features import HeadInputs, iterate_features, shard_loader, unwrap
+from ..collapse.metrics import CollapseMetrics
 
 
 class NeuralCollapseCallback(TrainerCallback):

