@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from transformers import DataCollatorWithPadding, default_data_collator
 
 from .probe import LayerReport, probe_layers, rank_backbones
 from .zoo import Backbone, Task, add_data_arguments, load_backbone, task_from_args
@@ -46,14 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _collate(backbone: Backbone) -> Any:
-    return DataCollatorWithPadding(backbone.tokenizer) if backbone.modality == "text" else default_data_collator
-
-
 def _train_data(task: Task, backbone: Backbone) -> tuple[Any, Any]:
     """The training split, preprocessed for ``backbone``: collapse on the downstream *training* data is the score."""
-    train, _ = task.datasets(backbone)
-    return train, _collate(backbone)
+    return task.datasets(backbone).train, backbone.collator()
 
 
 def _probe_one(args: argparse.Namespace, task: Task, device: Any, is_main: bool, out: Path) -> LayerReport:

@@ -30,6 +30,12 @@ class Backbone:
     image_size: int = 224
     tokenizer: Any = None
 
+    def collator(self) -> Any:
+        """How the Trainer batches this backbone's examples: stacked images, or padded token ids."""
+        from transformers import DataCollatorWithPadding, default_data_collator
+
+        return default_data_collator if self.modality == "image" else DataCollatorWithPadding(self.tokenizer)
+
 
 def load_backbone(name: str, num_labels: int, image_size: Optional[int] = None) -> Backbone:
     """`efficientnet_lite0`, `minilm`, `timm:<name>`, or a transformers model id / local path."""

@@ -22,6 +22,7 @@ from ..adapter.architectures import discover
 from ..adapter.config import SkipCollapseConfig
 
 METHODS = ("linear-probe", "full-ft", "lora", "layer-ft", "scl-ft", "scl-ft+collapse")
+BLOCK_METHODS = ("layer-ft", "scl-ft", "scl-ft+collapse")  # the methods that fine-tune one source block
 
 
 def prepare(model: nn.Module, method: str, source_layer: Optional[str | int] = None, lora_rank: int = 8) -> nn.Module:

@@ -9,7 +9,7 @@ the backbone expects. Embedded names: `digits` (scikit-learn's handwritten digit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -18,11 +18,25 @@ from . import data as embedded_data
 from .backbones import Backbone
 
 EMBEDDED_TASKS = ("digits", "tiny-text")
+VALIDATION_PER_CLASS = 20  # held out of the training pool for model selection, the same for every seed
+
+
+class Splits(NamedTuple):
+    """The three splits of a task, each preprocessed for one backbone."""
+
+    train: Dataset
+    validation: Optional[Dataset]
+    test: Dataset
 
 
 @dataclass
 class Task:
-    """Labelled train/test data in raw form: image tensors in [0, 1] or texts."""
+    """Labelled data in raw form (image tensors in [0, 1] or texts), split three ways.
+
+    The test split and the validation split are drawn once, from ``split_seed``, and are the same for every seed
+    and method; the run's seed changes only the k-shot draw from the remaining training pool (and, in the
+    recipes, the initialisation). Model selection reads validation only; test is read once per chosen setting.
+    """
 
     name: str
     modality: str
@@ -32,9 +46,11 @@ class Task:
     test_inputs: Any
     test_labels: torch.Tensor
     label_names: list[str] = field(default_factory=list)
+    validation_inputs: Any = None
+    validation_labels: Optional[torch.Tensor] = None
 
-    def datasets(self, backbone: Backbone) -> tuple[Dataset, Dataset]:
-        """Train and test sets preprocessed for `backbone`, as the Trainer consumes them."""
+    def datasets(self, backbone: Backbone) -> Splits:
+        """Train, validation (None when the task has none) and test sets preprocessed for `backbone`."""
         if backbone.modality != self.modality:
             raise ValueError(
                 f"task {self.name!r} holds {self.modality} data but backbone {backbone.name!r} takes {backbone.modality}"
@@ -45,7 +61,8 @@ class Task:
             )
         else:
             make = lambda x, y: _TokenizedTexts(backbone.tokenizer, x, y)  # noqa: E731
-        return make(self.train_inputs, self.train_labels), make(self.test_inputs, self.test_labels)
+        validation = None if self.validation_labels is None else make(self.validation_inputs, self.validation_labels)
+        return Splits(make(self.train_inputs, self.train_labels), validation, make(self.test_inputs, self.test_labels))
 
 
 class _TokenizedTexts(Dataset):
@@ -67,6 +84,8 @@ def load_task(
     *,
     k_shot: Optional[int] = None,
     seed: int = 0,
+    validation_per_class: int = VALIDATION_PER_CLASS,
+    split_seed: int = 0,
     image_column: str = "image",
     text_column: str = "text",
     label_column: str = "label",
@@ -75,25 +94,39 @@ def load_task(
 ) -> Task:
     """`digits`, `tiny-text`, or a `datasets` name / local data files (with their column and split names).
 
-    `k_shot` keeps k seeded examples per class of the training split; the test split stays whole, so runs with
-    the same seed are compared on the same examples.
+    Splits: the test split is fixed by ``split_seed`` (the dataset's own test split, or a stratified 30% of the
+    embedded sets); the validation split is ``validation_per_class`` examples per class carved from the training
+    pool with ``split_seed`` (a dataset's own ``validation`` split is used when it has one; 0 means no
+    validation split); ``k_shot`` then keeps k examples per class of what remains, drawn with ``seed``.
+    Train, validation and test never share an example, and only the k-shot draw depends on ``seed``.
     """
+    if validation_per_class < 0:
+        raise ValueError(f"validation_per_class must be >= 0, got {validation_per_class}")
     if name == "digits":
         images, labels = embedded_data.load_digits_images(image_size=8)
-        train_idx, test_idx = embedded_data.train_test_split_stratified(labels, test_fraction=0.3, seed=seed)
+        train_idx, test_idx = embedded_data.train_test_split_stratified(labels, test_fraction=0.3, seed=split_seed)
         task = Task(name, "image", 10, images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
                     [str(d) for d in range(10)])
     elif name == "tiny-text":
-        train_x, train_y, test_x, test_y = embedded_data.tiny_text_classification(seed=seed)
+        train_x, train_y, test_x, test_y = embedded_data.tiny_text_classification(seed=split_seed)
         task = Task(name, "text", len(embedded_data.TEXT_CLASSES), train_x, torch.tensor(train_y), test_x,
                     torch.tensor(test_y), list(embedded_data.TEXT_CLASSES))
     else:
         task = _load_hf_task(name, image_column, text_column, label_column, train_split, test_split)
+    if task.validation_labels is None and validation_per_class > 0:
+        held = embedded_data.few_shot_indices(task.train_labels, validation_per_class, seed=split_seed)
+        rest = torch.ones(len(task.train_labels), dtype=torch.bool)
+        rest[held] = False
+        task.validation_inputs, task.validation_labels = _take(task.train_inputs, held), task.train_labels[held]
+        _keep(task, torch.nonzero(rest).flatten())
     if k_shot is not None:
-        keep = embedded_data.few_shot_indices(task.train_labels, k_shot, seed=seed)
-        task.train_inputs = _take(task.train_inputs, keep)
-        task.train_labels = task.train_labels[keep]
+        _keep(task, embedded_data.few_shot_indices(task.train_labels, k_shot, seed=seed))
     return task
+
+
+def _keep(task: Task, index: torch.Tensor) -> None:
+    task.train_inputs = _take(task.train_inputs, index)
+    task.train_labels = task.train_labels[index]
 
 
 def add_data_arguments(parser: Any, image_size: Optional[int] = 64) -> None:
@@ -107,13 +140,16 @@ def add_data_arguments(parser: Any, image_size: Optional[int] = 64) -> None:
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--image-size", type=int, default=image_size, help="input resolution for image backbones")
     parser.add_argument("--k-shot", type=int, default=None, help="keep k training examples per class (seeded)")
+    parser.add_argument("--validation-per-class", type=int, default=VALIDATION_PER_CLASS,
+                        help="examples per class held out of training for validation (fixed across seeds)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw, the head's init and training")
 
 
 def task_from_args(args: Any) -> Task:
     """`load_task` with the options of `add_data_arguments`."""
     return load_task(
-        args.dataset, k_shot=args.k_shot, seed=args.seed, image_column=args.image_column,
+        args.dataset, k_shot=args.k_shot, seed=args.seed, validation_per_class=args.validation_per_class,
+        image_column=args.image_column,
         text_column=args.text_column, label_column=args.label_column, train_split=args.train_split,
         test_split=args.test_split,
     )
@@ -138,16 +174,23 @@ def _load_hf_task(
     feature = train.features[label_column]
     label_names = list(getattr(feature, "names", []) or [])
     num_labels = len(label_names) or int(max(train[label_column])) + 1
-    labels = [torch.tensor(split[label_column]) for split in (train, test)]
+    parts = [train, test] + ([splits["validation"]] if "validation" in splits and "validation" not in (train_split, test_split) else [])
+    labels = [torch.tensor(split[label_column]) for split in parts]
     if image_column in train.column_names:
-        images = [_images_to_tensor(split[image_column]) for split in (train, test)]
-        return Task(name, "image", num_labels, images[0], labels[0], images[1], labels[1], label_names)
-    if text_column in train.column_names:
-        return Task(name, "text", num_labels, train[text_column], labels[0], test[text_column], labels[1], label_names)
-    raise ValueError(
-        f"dataset {name!r} has neither an image column {image_column!r} nor a text column {text_column!r}; "
-        f"columns: {train.column_names} (set --image-column or --text-column)"
-    )
+        inputs = [_images_to_tensor(split[image_column]) for split in parts]
+        modality = "image"
+    elif text_column in train.column_names:
+        inputs = [split[text_column] for split in parts]
+        modality = "text"
+    else:
+        raise ValueError(
+            f"dataset {name!r} has neither an image column {image_column!r} nor a text column {text_column!r}; "
+            f"columns: {train.column_names} (set --image-column or --text-column)"
+        )
+    task = Task(name, modality, num_labels, inputs[0], labels[0], inputs[1], labels[1], label_names)
+    if len(parts) == 3:
+        task.validation_inputs, task.validation_labels = inputs[2], labels[2]
+    return task
 
 
 def _images_to_tensor(images: list[Any], size: int = 224) -> torch.Tensor:

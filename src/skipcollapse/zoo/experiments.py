@@ -1,0 +1,436 @@
+"""Method comparison kept as files: each method tuned on validation, test read once per chosen setting.
+
+An experiment file (``recipes/experiments/*.json``) names the setting every run shares (backbone, data, image
+size, step budget, ...), the shots settings and seeds, each method's search space, the candidate source blocks,
+and, once `search` has run, the hyper-parameters it chose. The protocol:
+
+1. Splits (`skipcollapse.zoo.tasks.load_task`): one test split and one validation split, drawn once and shared
+   by every seed and method; seeds change the k-shot draw and the initialisation only.
+2. Per shots setting, on the search seed: the NC1 probe of the training data picks a source block (the paper's
+   way: no labels beyond the training set); every method's grid is run with Layer FT / SCL-FT on that block;
+   then the methods with a source block sweep the candidate blocks at their chosen hyper-parameters. Every run
+   has warmup and a cosine schedule, evaluates validation every ``eval_every`` steps and keeps its best
+   checkpoint. Choices maximise validation accuracy (ties: lower validation cross-entropy, then grid order).
+3. Final runs: each method with its chosen hyper-parameters and block, on every seed, evaluated once on test.
+   Methods with a block are also run on the NC1-chosen block when it differs, so both choices are reported.
+
+Search runs never build the test set (`run` only touches it when ``evaluate_test`` is set), and results are
+cached per configuration (one JSON file each, written atomically), so an interrupted search resumes where it
+stopped and a rerun of finished work costs nothing. The cache key covers the setting, the run's
+hyper-parameters and `PROTOCOL`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from .methods import BLOCK_METHODS, METHODS
+
+PROTOCOL = 1  # bump when what a run computes changes: cached results of another protocol are never reused
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What every run of an experiment shares."""
+
+    model: str = "efficientnet_lite0"
+    dataset: str = "digits"
+    image_size: int = 32
+    steps: int = 100
+    batch_size: int = 32
+    warmup_ratio: float = 0.1
+    eval_every: int = 20
+    validation_per_class: int = 20
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a method with its hyper-parameters on one shots setting and seed."""
+
+    method: str
+    shots: str
+    seed: int
+    learning_rate: float
+    source_layer: Optional[str] = None
+    collapse_lambda: float = 0.0
+    evaluate_test: bool = False
+
+    @property
+    def k_shot(self) -> Optional[int]:
+        return None if self.shots == "full" else int(self.shots)
+
+    def key(self, setting: Setting) -> str:
+        blob = json.dumps([PROTOCOL, dataclasses.asdict(setting), dataclasses.asdict(self)], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass
+class Experiment:
+    """An experiment file: the setting, the search space and, after a search, the choices."""
+
+    setting: Setting
+    shots: list[str]
+    seeds: list[int]
+    search_space: dict[str, dict[str, list[Any]]]
+    source_candidates: list[str]
+    search_seed: int = 0
+    chosen: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    path: Optional[Path] = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Experiment":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no experiment file {str(path)!r}; the shipped ones are in recipes/experiments/") from None
+        unknown = set(raw.get("search_space", {})) - set(METHODS)
+        if unknown:
+            raise ValueError(f"{path}: search_space names unknown methods {sorted(unknown)}; methods: {list(METHODS)}")
+        for method, space in raw.get("search_space", {}).items():
+            if not space.get("learning_rate"):
+                raise ValueError(f"{path}: search_space[{method!r}] needs a non-empty 'learning_rate' list")
+            extra = set(space) - {"learning_rate", "collapse_lambda"}
+            if extra:
+                raise ValueError(f"{path}: search_space[{method!r}] has unknown keys {sorted(extra)}")
+        return cls(
+            setting=Setting(**raw["setting"]), shots=[str(s) for s in raw["shots"]], seeds=list(raw["seeds"]),
+            search_space=raw["search_space"], source_candidates=list(raw.get("source_candidates", [])),
+            search_seed=raw.get("search_seed", 0), chosen=raw.get("chosen", {}), path=path,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "setting": dataclasses.asdict(self.setting), "shots": self.shots, "seeds": self.seeds,
+            "search_seed": self.search_seed, "source_candidates": self.source_candidates,
+            "search_space": self.search_space, "chosen": self.chosen,
+        }
+
+    def save(self, path: Optional[str | os.PathLike] = None) -> Path:
+        target = Path(path or self.path)
+        write_atomic(target, json.dumps(self.to_json(), indent=2) + "\n")
+        return target
+
+    def choice(self, shots: str, method: str) -> dict[str, Any]:
+        try:
+            return self.chosen[shots][method]
+        except KeyError:
+            raise KeyError(
+                f"the experiment file has no chosen configuration for {method!r} at shots={shots!r}; run the search "
+                "first (recipes/compare.py --search) or pick shots/methods it covers: "
+                f"{ {s: sorted(m) for s, m in self.chosen.items()} }"
+            ) from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultCache:
+    """Finished runs as one JSON file per configuration key; only the main process writes."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def get(self, key: str) -> Optional[dict[str, Any]]:
+        path = self.directory / f"{key}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        if _rank() == 0:
+            write_atomic(self.directory / f"{key}.json", json.dumps(result, indent=2) + "\n")
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+
+
+def _agreed(value: Any) -> Any:
+    """Rank 0's `value` on every process (the cache decision must be the same everywhere)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------------------------- one run
+Runner = Callable[[Setting, RunSpec], dict[str, Any]]
+
+
+def cached_run(setting: Setting, spec: RunSpec, cache: ResultCache, runner: Optional[Runner] = None) -> dict[str, Any]:
+    """The result of `spec`, from the cache or by training (then cached)."""
+    key = spec.key(setting)
+    hit = _agreed(cache.get(key))
+    if hit is not None:
+        return {**hit, "cached": True}
+    result = {**dataclasses.asdict(spec), **(runner or run)(setting, spec), "key": key}
+    cache.put(key, result)
+    return {**result, "cached": False}
+
+
+def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
+    """Train one configuration with the transformers Trainer; keep the checkpoint best on validation.
+
+    Returns validation accuracy and cross-entropy of the best checkpoint and its step, trainable parameters,
+    and, with ``spec.evaluate_test``, test accuracy and NC1 of the head input on train and test (the test set is
+    built only then).
+    """
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    from ..collapse.features import shard_loader
+    from ..integrations.callbacks import measure_collapse
+    from ..integrations.trainer import CollapseTrainer
+    from .backbones import load_backbone
+    from .methods import prepare
+    from .tasks import load_task
+
+    task = load_task(setting.dataset, k_shot=spec.k_shot, seed=spec.seed,
+                     validation_per_class=setting.validation_per_class)
+    torch.manual_seed(spec.seed)
+    backbone = load_backbone(setting.model, task.num_labels, image_size=setting.image_size)
+    splits = task.datasets(backbone)
+    if splits.validation is None:
+        raise ValueError(f"task {setting.dataset!r} has no validation split: set validation_per_class > 0")
+    model = prepare(backbone.model, spec.method, source_layer=spec.source_layer)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    collate = backbone.collator()
+
+    class KeepBest(TrainerCallback):
+        """Snapshot the model whenever validation improves; the run ends on the best snapshot."""
+
+        best: tuple[float, float] = (-1.0, 0.0)
+        step = 0
+        state: Optional[dict[str, torch.Tensor]] = None
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs) -> None:
+            if "eval_accuracy" not in metrics:  # the final test evaluation is not a candidate
+                return
+            score = (metrics["eval_accuracy"], -metrics["eval_cross_entropy"])
+            if score > self.best:
+                self.best, self.step = score, state.global_step
+                self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    keep = KeepBest()
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch, max_steps=setting.steps, per_device_train_batch_size=setting.batch_size,
+            per_device_eval_batch_size=2 * setting.batch_size, learning_rate=spec.learning_rate,
+            lr_scheduler_type="cosine", warmup_steps=math.ceil(setting.warmup_ratio * setting.steps), weight_decay=0.0,
+            eval_strategy="steps", eval_steps=setting.eval_every, save_strategy="no", logging_strategy="no",
+            report_to=[], seed=spec.seed, disable_tqdm=True, dataloader_num_workers=0,
+            use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
+        )
+        common = dict(model=model, args=args, train_dataset=splits.train, eval_dataset=splits.validation,
+                      data_collator=collate, compute_metrics=_accuracy_and_cross_entropy, callbacks=[keep])
+        if spec.method == "scl-ft+collapse":
+            trainer = CollapseTrainer(**common, collapse_lambda=spec.collapse_lambda, num_classes=task.num_labels)
+        else:
+            trainer = Trainer(**common)
+        trainer.remove_callback(PrinterCallback)  # the recipe reports progress per run, not per log line
+        trainer.train()
+        if keep.state is None:
+            raise ValueError(f"no validation ran: eval_every={setting.eval_every} exceeds steps={setting.steps}")
+        model.load_state_dict(keep.state)
+        result: dict[str, Any] = {
+            "validation_accuracy": keep.best[0], "validation_cross_entropy": -keep.best[1], "best_step": keep.step,
+            "train_examples": len(splits.train), "validation_examples": len(splits.validation),
+            "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
+        }
+        if spec.evaluate_test:
+            batch = 2 * setting.batch_size
+            for name, dataset in (("train", splits.train), ("test", splits.test)):
+                loader = shard_loader(dataset, batch, collate, args.process_index, args.world_size)
+                result[f"nc1_{name}"] = measure_collapse(model, loader, task.num_labels, nc4=False)["nc1"]
+            result["test_accuracy"] = trainer.evaluate(splits.test, metric_key_prefix="test")["test_accuracy"]
+            result["test_examples"] = len(splits.test)
+    return result
+
+
+def _accuracy_and_cross_entropy(prediction: Any) -> dict[str, float]:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    labels = torch.as_tensor(np.asarray(prediction.label_ids), dtype=torch.long)
+    return {
+        "accuracy": float((logits.argmax(-1) == labels).double().mean()),
+        "cross_entropy": float(torch.nn.functional.cross_entropy(logits, labels)),
+    }
+
+
+# --------------------------------------------------------------------------------------------- search
+def grid(space: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the search space, in file order (learning rate varying fastest)."""
+    combos: list[dict[str, Any]] = [{}]
+    for name in sorted(space, key=lambda n: n != "learning_rate"):
+        combos = [{**c, name: value} for value in space[name] for c in combos]
+    return combos
+
+
+def select(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The validation-best result: highest accuracy, then lowest cross-entropy, then the first in grid order.
+
+    Reads only validation fields: a result carrying test numbers is refused, so selection cannot peek at test.
+    """
+    results = list(results)
+    if not results:
+        raise ValueError("nothing to select from")
+    for r in results:
+        if any(k.startswith("test_") or k == "nc1_test" for k in r):
+            raise ValueError("selection was handed a result with test numbers; tune on validation only")
+    best = results[0]
+    for r in results[1:]:
+        if (r["validation_accuracy"], -r["validation_cross_entropy"]) > (
+            best["validation_accuracy"], -best["validation_cross_entropy"]
+        ):
+            best = r
+    return best
+
+
+def probe_block(setting: Setting, shots: str, seed: int, cache: ResultCache) -> str:
+    """The source block the NC1 probe recommends on the training data of this shots setting and seed."""
+    from ..probe import probe_layers
+    from .backbones import load_backbone
+    from .tasks import load_task
+
+    key = hashlib.sha256(json.dumps(["probe", PROTOCOL, dataclasses.asdict(setting), shots, seed]).encode()).hexdigest()[:20]
+    hit = _agreed(cache.get(key))
+    if hit is not None:
+        return hit["recommended"]
+    task = load_task(setting.dataset, k_shot=None if shots == "full" else int(shots), seed=seed,
+                     validation_per_class=setting.validation_per_class)
+    backbone = load_backbone(setting.model, task.num_labels, image_size=setting.image_size)
+    report = probe_layers(backbone.model, task.datasets(backbone).train, task.num_labels,
+                          batch_size=2 * setting.batch_size, collate_fn=backbone.collator(), progress=False)
+    result = {"recommended": report.recommended.name, "nc1": {r.name: r.nc1 for r in report.layers}}
+    cache.put(key, result)
+    return result["recommended"]
+
+
+def search(
+    experiment: Experiment,
+    cache: ResultCache,
+    shots_list: Optional[list[str]] = None,
+    methods: Optional[list[str]] = None,
+    runner: Optional[Runner] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Tune every method on validation (see the module docstring); records the choices in ``experiment.chosen``.
+
+    Returns ``{shots: {method: {hyper-parameters..., "source_layer", "nc1_source_layer", "validation_accuracy",
+    "grid": [...]}}}``. Every run goes through the cache, so a repeated or resumed search trains nothing twice.
+    """
+    setting, seed = experiment.setting, experiment.search_seed
+    methods = methods or list(experiment.search_space)
+    for shots in shots_list or experiment.shots:
+        nc1_block = probe_block(setting, shots, seed, cache)
+        chosen = experiment.chosen.setdefault(shots, {})
+        for method in methods:
+            block = nc1_block if method in BLOCK_METHODS else None
+            tried = []
+            for params in grid(experiment.search_space[method]):
+                spec = RunSpec(method, shots, seed, source_layer=block, **params)
+                if progress:
+                    progress(f"search {shots}-shot {method} {params} block={block}")
+                tried.append(cached_run(setting, spec, cache, runner))
+            best = select(tried)
+            params = {k: best[k] for k in experiment.search_space[method]}
+            entry = {**params, "source_layer": block, "nc1_source_layer": block,
+                     "validation_accuracy": best["validation_accuracy"],
+                     "grid": [{**{k: r[k] for k in experiment.search_space[method]},
+                               "validation_accuracy": r["validation_accuracy"]} for r in tried]}
+            if method in BLOCK_METHODS:
+                swept = [best]
+                for candidate in experiment.source_candidates:
+                    if candidate == block:
+                        continue
+                    spec = RunSpec(method, shots, seed, source_layer=candidate, **params)
+                    if progress:
+                        progress(f"blocks {shots}-shot {method} {params} block={candidate}")
+                    swept.append(cached_run(setting, spec, cache, runner))
+                best_block = select(swept)
+                entry.update(source_layer=best_block["source_layer"], validation_accuracy=best_block["validation_accuracy"],
+                             blocks={r["source_layer"]: r["validation_accuracy"] for r in swept})
+            chosen[method] = entry
+            if experiment.path is not None and _rank() == 0:
+                experiment.save()  # choices land in the file as they are made: a stopped search keeps them
+    return experiment.chosen
+
+
+def final_specs(experiment: Experiment, shots: str, method: str, seeds: Iterable[int]) -> list[tuple[str, RunSpec]]:
+    """(row label, spec) of the test runs of one method: its chosen configuration on every seed, and for methods
+    with a source block, also the NC1-chosen block where validation chose another."""
+    choice = experiment.choice(shots, method)
+    params = {k: choice[k] for k in experiment.search_space[method]}
+    variants = [(method, choice.get("source_layer"))]
+    if method in BLOCK_METHODS and choice.get("nc1_source_layer") != choice.get("source_layer"):
+        variants.append((f"{method} (NC1 block)", choice["nc1_source_layer"]))
+    return [
+        (label, RunSpec(method, shots, seed, source_layer=block, evaluate_test=True, **params))
+        for label, block in variants
+        for seed in seeds
+    ]
+
+
+# --------------------------------------------------------------------------------------------- report
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (shots, row label): test accuracy mean and std over seeds, and the run's constants."""
+    table = []
+    for shots in dict.fromkeys(r["shots"] for r in rows):
+        for label in dict.fromkeys(r["label"] for r in rows if r["shots"] == shots):
+            runs = [r for r in rows if r["shots"] == shots and r["label"] == label]
+            acc = [100 * r["test_accuracy"] for r in runs]
+            table.append({
+                "shots": shots, "method": label, "seeds": len(runs),
+                "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else math.nan,
+                "learning_rate": runs[0]["learning_rate"], "collapse_lambda": runs[0]["collapse_lambda"],
+                "source_layer": runs[0]["source_layer"], "trainable_params": runs[0]["trainable_params"],
+                "trainable_share": runs[0]["trainable_share"],
+                "nc1_train": statistics.mean(r["nc1_train"] for r in runs),
+                "nc1_test": statistics.mean(r["nc1_test"] for r in runs),
+            })
+    return table
+
+
+def paired(rows: list[dict[str, Any]], reference: str = "scl-ft") -> list[dict[str, Any]]:
+    """`reference` against every other row label of the same shots setting, seed by seed (same test split)."""
+    out = []
+    for shots in dict.fromkeys(r["shots"] for r in rows):
+        mine = {r["seed"]: r for r in rows if r["shots"] == shots and r["label"] == reference}
+        for label in dict.fromkeys(r["label"] for r in rows if r["shots"] == shots and r["label"] != reference):
+            theirs = {r["seed"]: r for r in rows if r["shots"] == shots and r["label"] == label}
+            seeds = sorted(set(mine) & set(theirs))
+            if not seeds:
+                continue
+            diffs = [100 * (mine[s]["test_accuracy"] - theirs[s]["test_accuracy"]) for s in seeds]
+            out.append({
+                "shots": shots, "reference": reference, "other": label, "seeds": len(seeds),
+                "mean_difference": statistics.mean(diffs),
+                "std_difference": statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
+                "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
+                "param_ratio": theirs[seeds[0]]["trainable_params"] / mine[seeds[0]]["trainable_params"],
+            })
+    return out
