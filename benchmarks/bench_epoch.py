@@ -93,7 +93,7 @@ def _load_data_and_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
     task = load_task("digits")
     backbone = load_backbone("efficientnet_lite0", task.num_labels, image_size=args.image_size)
-    train_set, _ = task.datasets(backbone)
+    train_set = task.dataset("train", backbone)
     keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[: args.max_examples]
     return Subset(train_set, sorted(keep.tolist())), backbone.model.to(args.device)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import get_peft_model
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainingArguments
 
 from skipcollapse import CollapseTrainer, NeuralCollapseCallback, SkipCollapseConfig
 from skipcollapse.zoo import add_data_arguments, load_backbone, task_from_args
@@ -57,14 +57,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(args.seed)
     task = task_from_args(args)
     backbone = load_backbone(args.model, task.num_labels, image_size=args.image_size)
-    train_set, test_set = task.datasets(backbone)
+    train_set, validation_set, test_set = task.datasets(backbone)
     config = SkipCollapseConfig(
         source_layer=_source_layer(args.source_layer), fusion=args.fusion, train_source=args.train_source
     )
     model = get_peft_model(backbone.model, config)
     trainable, total = model.get_nb_trainable_parameters()
 
-    collator = default_data_collator if backbone.modality == "image" else DataCollatorWithPadding(backbone.tokenizer)
+    collator = backbone.collator()
     training_args = TrainingArguments(
         output_dir=args.output_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=2 * args.batch_size, learning_rate=args.lr, lr_scheduler_type="cosine",
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
     )
     common = dict(
-        model=model, args=training_args, train_dataset=train_set, eval_dataset=test_set,
+        model=model, args=training_args, train_dataset=train_set, eval_dataset=validation_set if validation_set is not None else test_set,
         data_collator=collator, compute_metrics=accuracy,
     )
     if args.collapse_lambda > 0:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
-    metrics = trainer.evaluate()
+    metrics = trainer.evaluate(test_set, metric_key_prefix="test")  # test read once, after training
     trainer.save_model(args.output_dir)
 
     result = {
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "source_layer": model.peft_config["default"].source_layer, "fusion": args.fusion,
         "train_examples": len(train_set), "test_examples": len(test_set),
         "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
-        "test_accuracy": metrics["eval_accuracy"], "test_loss": metrics["eval_loss"], "train_seconds": train_seconds,
+        "validation_examples": len(validation_set) if validation_set is not None else 0,
+        "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"], "train_seconds": train_seconds,
         **{key: value for key, value in metrics.items() if "_nc" in key or "_cdnv" in key},
     }
     if trainer.is_world_process_zero():

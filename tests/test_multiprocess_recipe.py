@@ -45,7 +45,7 @@ def test_two_process_finetune_trains_evaluates_and_saves_an_adapter_that_loads_b
     task = load_task("digits", k_shot=6, seed=0)
     backbone = load_backbone("efficientnet_lite0", task.num_labels, image_size=32)
     model = PeftModel.from_pretrained(backbone.model, out).eval()
-    _, test_set = task.datasets(backbone)
+    test_set = task.dataset("test", backbone)
     loader = torch.utils.data.DataLoader(test_set, batch_size=128)
     correct = 0
     with torch.no_grad():
@@ -56,4 +56,4 @@ def test_two_process_finetune_trains_evaluates_and_saves_an_adapter_that_loads_b
     # NC metrics summed over the two processes equal one process's measurement of the whole test set
     single = measure_collapse(model, torch.utils.data.DataLoader(test_set, batch_size=64), task.num_labels)
     for key in ("nc1", "cdnv", "nc3", "nc4"):
-        assert result[f"eval_{key}"] == pytest.approx(single[key], rel=1e-6), key
+        assert result[f"test_{key}"] == pytest.approx(single[key], rel=1e-6), key

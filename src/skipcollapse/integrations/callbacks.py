@@ -65,7 +65,7 @@ class NeuralCollapseCallback(TrainerCallback):
             return
         broadcast_buffers_from_rank_zero(model)
         collate = getattr(self.trainer, "data_collator", None) or eval_dataloader.collate_fn or default_data_collator
-        sets = {"eval": eval_dataloader.dataset}
+        sets = {_metric_prefix(metrics): eval_dataloader.dataset}
         if self.train_dataset is not None:
             sets["train"] = self.train_dataset
         results: dict[str, float] = {}
@@ -80,6 +80,15 @@ class NeuralCollapseCallback(TrainerCallback):
                 state.log_history[-1].update(results)
         if metrics is not None:
             metrics.update(results)
+
+
+def _metric_prefix(metrics: Optional[dict[str, float]]) -> str:
+    """The `metric_key_prefix` of this evaluation ("eval", or e.g. "test" for `trainer.evaluate(test, metric_key_prefix="test")`),
+    read off the keys the Trainer wrote, so NC metrics of a test pass are not labelled as validation."""
+    for key in metrics or {}:
+        if key.endswith("_runtime"):
+            return key[: -len("_runtime")]
+    return "eval"
 
 
 @torch.no_grad()

@@ -212,8 +212,8 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
                      validation_per_class=setting.validation_per_class)
     torch.manual_seed(spec.seed)
     backbone = load_backbone(setting.model, task.num_labels, image_size=setting.image_size)
-    splits = task.datasets(backbone)
-    if splits.validation is None:
+    train, validation = task.dataset("train", backbone), task.dataset("validation", backbone)
+    if validation is None:
         raise ValueError(f"task {setting.dataset!r} has no validation split: set validation_per_class > 0")
     model = prepare(backbone.model, spec.method, source_layer=spec.source_layer)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -245,7 +245,7 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
             report_to=[], seed=spec.seed, disable_tqdm=True, dataloader_num_workers=0,
             use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
         )
-        common = dict(model=model, args=args, train_dataset=splits.train, eval_dataset=splits.validation,
+        common = dict(model=model, args=args, train_dataset=train, eval_dataset=validation,
                       data_collator=collate, compute_metrics=_accuracy_and_cross_entropy, callbacks=[keep])
         if spec.method == "scl-ft+collapse":
             trainer = CollapseTrainer(**common, collapse_lambda=spec.collapse_lambda, num_classes=task.num_labels)
@@ -258,16 +258,17 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
         model.load_state_dict(keep.state)
         result: dict[str, Any] = {
             "validation_accuracy": keep.best[0], "validation_cross_entropy": -keep.best[1], "best_step": keep.step,
-            "train_examples": len(splits.train), "validation_examples": len(splits.validation),
+            "train_examples": len(train), "validation_examples": len(validation),
             "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
         }
         if spec.evaluate_test:
             batch = 2 * setting.batch_size
-            for name, dataset in (("train", splits.train), ("test", splits.test)):
+            test = task.dataset("test", backbone)  # the only place a run reads test: after selection
+            for name, dataset in (("train", train), ("test", test)):
                 loader = shard_loader(dataset, batch, collate, args.process_index, args.world_size)
                 result[f"nc1_{name}"] = measure_collapse(model, loader, task.num_labels, nc4=False)["nc1"]
-            result["test_accuracy"] = trainer.evaluate(splits.test, metric_key_prefix="test")["test_accuracy"]
-            result["test_examples"] = len(splits.test)
+            result["test_accuracy"] = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
+            result["test_examples"] = len(test)
     return result
 
 
@@ -323,7 +324,7 @@ def probe_block(setting: Setting, shots: str, seed: int, cache: ResultCache) -> 
     task = load_task(setting.dataset, k_shot=None if shots == "full" else int(shots), seed=seed,
                      validation_per_class=setting.validation_per_class)
     backbone = load_backbone(setting.model, task.num_labels, image_size=setting.image_size)
-    report = probe_layers(backbone.model, task.datasets(backbone).train, task.num_labels,
+    report = probe_layers(backbone.model, task.dataset("train", backbone), task.num_labels,
                           batch_size=2 * setting.batch_size, collate_fn=backbone.collator(), progress=False)
     result = {"recommended": report.recommended.name, "nc1": {r.name: r.nc1 for r in report.layers}}
     cache.put(key, result)

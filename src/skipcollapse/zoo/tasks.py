@@ -51,18 +51,27 @@ class Task:
 
     def datasets(self, backbone: Backbone) -> Splits:
         """Train, validation (None when the task has none) and test sets preprocessed for `backbone`."""
+        return Splits(*(self.dataset(split, backbone) for split in Splits._fields))
+
+    def dataset(self, split: str, backbone: Backbone) -> Optional[Dataset]:
+        """One split preprocessed for `backbone`, as the Trainer consumes it (None for a missing validation split).
+
+        Only the split asked for is touched: model selection builds train and validation, never test.
+        """
+        if split not in Splits._fields:
+            raise ValueError(f"split must be one of {Splits._fields}, got {split!r}")
         if backbone.modality != self.modality:
             raise ValueError(
                 f"task {self.name!r} holds {self.modality} data but backbone {backbone.name!r} takes {backbone.modality}"
             )
+        inputs, labels = getattr(self, f"{split}_inputs"), getattr(self, f"{split}_labels")
+        if labels is None:
+            return None
         if self.modality == "image":
-            make = lambda x, y: embedded_data.ImageClassificationDataset(  # noqa: E731
-                x, y, backbone.mean, backbone.std, image_size=backbone.image_size
+            return embedded_data.ImageClassificationDataset(
+                inputs, labels, backbone.mean, backbone.std, image_size=backbone.image_size
             )
-        else:
-            make = lambda x, y: _TokenizedTexts(backbone.tokenizer, x, y)  # noqa: E731
-        validation = None if self.validation_labels is None else make(self.validation_inputs, self.validation_labels)
-        return Splits(make(self.train_inputs, self.train_labels), validation, make(self.test_inputs, self.test_labels))
+        return _TokenizedTexts(backbone.tokenizer, inputs, labels)
 
 
 class _TokenizedTexts(Dataset):
