@@ -42,9 +42,10 @@ def test_logits_equal_base_at_init(family: str, fusion: str) -> None:
     with torch.no_grad():
         expected = logits_of(build(family), inputs)
         model = _adapted(family, fusion=fusion).eval()
-        got = logits_of(model, inputs)
+        with skipcollapse.HeadInputs(model) as capture:
+            got = logits_of(model, inputs)
+            assert capture.latest.shape[0] == inputs["labels"].shape[0]
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 if fusion == "concat" else 0)
-    assert model.base_model.last_features.shape[0] == inputs["labels"].shape[0]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -134,7 +135,8 @@ def test_replace_fusion_does_not_run_later_blocks(family: str) -> None:
     blocks = skipcollapse.block_names(model.get_base_model())
     calls = []
     for name in blocks[2:]:
-        model.get_base_model().get_submodule(name).register_forward_hook(lambda *a, n=name: calls.append(n))
+        block = model.get_base_model().get_submodule(name)  # the block itself, inside its bypass wrapper
+        block.get_base_layer().register_forward_hook(lambda *a, n=name: calls.append(n))
     inputs = make_inputs(family)
     loss = loss_of(model, inputs)
     loss.backward()
@@ -258,12 +260,17 @@ def test_seq_cls_task_type_keeps_the_skip_path() -> None:
     assert not torch.equal(dense.modules_to_save["default"].weight, dense.original_module.weight)
 
 
-def test_head_features_helper_unwraps_and_refuses_plain_models() -> None:
+def test_head_inputs_capture_the_fused_features_only_while_asked() -> None:
     model = _adapted("hf-bert", fusion="concat")
-    logits_of(model, make_inputs("hf-bert"))
-    assert skipcollapse.head_features(model).shape == (6, 64)
-    with pytest.raises(TypeError, match="no SkipCollapse adapter"):
-        skipcollapse.head_features(build("hf-bert"))
+    with skipcollapse.HeadInputs(model) as capture:
+        logits = logits_of(model, make_inputs("hf-bert"))
+        z = capture.latest
+    assert z.shape == (6, 64) and z.requires_grad  # concat: h_L (32) and the skip (32)
+    head = model.get_base_model().classifier.skipcollapse_head["default"]
+    torch.testing.assert_close(logits, head(z))
+    assert not head._forward_pre_hooks  # the capture leaves nothing behind, so no graph outlives the step
+    with pytest.raises(RuntimeError, match="no forward pass"):
+        capture.latest
 
 
 def test_replace_on_a_wrapped_timm_model_returns_the_loss_for_the_trainer() -> None:

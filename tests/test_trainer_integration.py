@@ -11,13 +11,13 @@ from tiny_models import build, make_inputs
 from transformers import Trainer, TrainingArguments
 
 from skipcollapse import (
+    HeadInputs,
     CollapseLossFunc,
     CollapseTrainer,
     NeuralCollapseCallback,
     SkipCollapseConfig,
     collapse_metrics,
     collapse_penalty,
-    head_features,
 )
 
 NC_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf_distance", "nc3", "nc4")
@@ -50,8 +50,9 @@ def test_callback_logs_nc_metrics_that_match_a_direct_computation(adapted: bool,
     batch = data.items
     with torch.no_grad():
         if adapted:
-            logits = model(pixel_values=batch["pixel_values"]).logits
-            features = head_features(model)
+            with HeadInputs(model) as capture:
+                logits = model(pixel_values=batch["pixel_values"]).logits
+                features = capture.latest
             weight = model.get_base_model().classifier.skipcollapse_head["default"].weight
         else:
             captured = {}
@@ -79,9 +80,11 @@ def test_collapse_loss_func_adds_the_weighted_penalty_of_the_same_forward_pass()
     model = get_peft_model(build("hf-bert"), SkipCollapseConfig())
     loss_func = CollapseLossFunc(model, lam=0.5)
     inputs = make_inputs("hf-bert")
-    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    with HeadInputs(model) as capture:
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        features = capture.latest
     labels = inputs["labels"]
-    penalty = collapse_penalty(head_features(model), labels)
+    penalty = collapse_penalty(features, labels)
     assert penalty > 0
     loss = loss_func(out, labels, num_items_in_batch=torch.tensor(12))  # this micro-batch holds half the items
     expected = F.cross_entropy(out.logits, labels, reduction="sum") / 12 + 0.5 * (6 / 12) * penalty
@@ -122,8 +125,9 @@ def _penalty_after_training(tmp_path, lam: float) -> tuple[float, list[dict]]:
     trainer.train()
     model.eval()
     with torch.no_grad():
-        model(pixel_values=data.items["pixel_values"])
-        penalty = collapse_penalty(head_features(model), data.items["labels"])
+        with HeadInputs(model) as capture:
+            model(pixel_values=data.items["pixel_values"])
+            penalty = collapse_penalty(capture.latest, data.items["labels"])
     return float(penalty), trainer.state.log_history
 
 

@@ -4,7 +4,7 @@ Importing the package registers the method with peft, so ``get_peft_model(model,
 ``PeftModel.from_pretrained`` work like for LoRA.
 """
 
-from .adapter import PEFT_TYPE, SkipCollapseConfig, SkipCollapseModel, block_names, discover, head_features, register
+from .adapter import PEFT_TYPE, SkipCollapseConfig, SkipCollapseModel, block_names, discover, register
 from .cache import CachedSkipModel, PrefixCache, build_prefix_cache
 from .collapse import (
     CollapseLoss,
@@ -43,6 +43,5 @@ __all__ = [
     "discover",
     "gc_penalty",
     "geometric_complexity",
-    "head_features",
     "measure_collapse",
 ]

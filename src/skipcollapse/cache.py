@@ -60,7 +60,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .adapter.architectures import discover
 from .adapter.config import SkipCollapseConfig
-from .adapter.layer import SkipSourceLayer, SkipToHead, _device_of, first_tensor
+from .adapter.layer import SkipSourceLayer, _device_of, close_scope, first_tensor, open_scope
 
 __all__ = [
     "CACHED_SUFFIX_FAMILIES",
@@ -519,9 +519,12 @@ class CachedSkipModel(nn.Module):
     `forward(cache_index, labels=None)` feeds the cached inputs of block ℓ into the real `SkipSourceLayer` (the
     adapter's block copy, pooling, projection and gate are `peft_model`'s own), then
 
-    - ``replace`` fusion: the source raises `SkipToHead` and the head classifies the skip; nothing after ℓ runs;
+    - ``replace`` fusion: the head classifies the skip P(s); nothing after ℓ runs;
     - ``add``/``concat``: the frozen blocks after ℓ run from block ℓ's output to the head input h_L (a per-family
-      `suffix_runner`), and the head layer fuses h_L with the stashed skip as in the uncached forward.
+      `suffix_runner`), and the head layer fuses h_L with the skip as in the uncached forward.
+
+    Like the model's own forward, each call opens a scope for the skip (`skipcollapse.adapter.layer.open_scope`)
+    and closes it when the call ends.
 
     It returns `SequenceClassifierOutput(loss, logits)`, so the Trainer and plain `accelerate` loops use it like
     any classifier, on `cache.dataset()`. It holds `peft_model` as a submodule, so `.to()`, `.train()`,
@@ -551,14 +554,17 @@ class CachedSkipModel(nn.Module):
         source = base.get_submodule(config.source_layer)
         head = base.get_submodule(config.head_module)
         args, kwargs = self.cache.inputs(cache_index.cpu(), device=_device_of(base))
+        scope = open_scope(base)  # this call's scope, as the model's own forward hooks would open it
         try:
             output = source(*args, **kwargs)
-        except SkipToHead as jump:
-            logits = head.classify(jump.skip, jump.adapter_name)
-        else:  # add/concat fusion, or adapters disabled
-            if self._suffix is None:
-                self._suffix = suffix_runner(base, config.source_layer)
-            logits = head(self._suffix(output, args, kwargs))
+            if scope.replaced:  # replace fusion: nothing after ℓ runs; the head classifies P(s)
+                logits = head(scope.skip)
+            else:  # add/concat fusion, or adapters disabled
+                if self._suffix is None:
+                    self._suffix = suffix_runner(base, config.source_layer)
+                logits = head(self._suffix(output, args, kwargs))
+        finally:
+            close_scope(base)
         loss = None if labels is None else _classification_loss(base, logits, labels.to(logits.device))
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -568,13 +574,19 @@ class CachedSkipModel(nn.Module):
 
     @property
     def base_model(self) -> nn.Module:
-        """The SkipCollapse tuner, so `head_features(model)` and the collapse-aware callbacks work on this model."""
+        """The SkipCollapse tuner, so the collapse tools (`HeadInputs`, callbacks, losses) work on this model."""
         return self.peft_model.base_model
 
     @property
-    def last_features(self) -> Optional[torch.Tensor]:
-        """The head-input features z of the last forward pass."""
-        return self.peft_model.base_model.last_features
+    def peft_config(self) -> dict[str, Any]:
+        return self.peft_model.peft_config
+
+    @property
+    def active_adapter(self) -> str:
+        return self.peft_model.active_adapter
+
+    def get_base_model(self) -> nn.Module:
+        return self.peft_model.get_base_model()
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
         """Save the adapter exactly as `peft_model.save_pretrained` does (the cache is not part of it)."""

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .adapter.architectures import Architecture, candidates_message, discover
 from .collapse.features import HeadInputs, model_inputs, shard_loader, unwrap
-from .adapter.layer import SkipSourceLayer, first_tensor, pool
+from .adapter.layer import SkipCollapseLayer, SkipSourceLayer, first_tensor, pool
 from .collapse.metrics import CollapseMetrics
 from .collapse.transferability import h_score, logme
 
@@ -370,11 +370,13 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 
 def _hook_targets(module: nn.Module) -> list[nn.Module]:
-    """The modules whose output is block ℓ's output. Under a SkipCollapse adapter the block is a
-    `SkipSourceLayer`; its inner block (the frozen original or the adapter's trainable copy, whichever runs)
-    is hooked, because under ``replace`` fusion the wrapper itself never returns (it jumps to the head)."""
+    """The modules whose output is the block's own output. Under a SkipCollapse adapter the block is wrapped: its
+    inner block (the frozen original or the adapter's trainable copy, whichever runs) is hooked, so a block that a
+    ``replace`` adapter bypasses reports that it did not run."""
     if isinstance(module, SkipSourceLayer):
         return [module.base_layer, *module.skipcollapse_block.values()]
+    if isinstance(module, SkipCollapseLayer):
+        return [module.get_base_layer()]
     return [module]
 
 

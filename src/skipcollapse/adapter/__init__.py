@@ -6,7 +6,7 @@ modules), `model` (the BaseTuner that injects them) and `registration` (making t
 
 from .architectures import block_names, discover
 from .config import SkipCollapseConfig
-from .model import SkipCollapseModel, head_features
+from .model import SkipCollapseModel
 from .registration import PEFT_TYPE, register
 
-__all__ = ["PEFT_TYPE", "SkipCollapseConfig", "SkipCollapseModel", "block_names", "discover", "head_features", "register"]
+__all__ = ["PEFT_TYPE", "SkipCollapseConfig", "SkipCollapseModel", "block_names", "discover", "register"]

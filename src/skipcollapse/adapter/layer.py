@@ -1,13 +1,27 @@
-"""The two tuner layers of SkipCollapse: the skip's source block and the head that receives it.
+"""The tuner layers of SkipCollapse, and the per-call scope that carries the skip from block ℓ to the head.
 
-`SkipSourceLayer` wraps block ℓ. For the active adapter it runs the adapter's trainable copy of the block (or
-the frozen block itself), pools its output into a vector s, and hands g·P(s) to the head. `SkipHeadLayer`
-wraps the classifier's final linear layer: it fuses its usual input h_L with the skip and applies the
-adapter's copy of the head. The fused head input z of the last forward pass stays on the layer
-(`last_features`) so metrics and the collapse-aware loss need no second pass.
+`SkipSourceLayer` wraps block ℓ: for the active adapter it runs the adapter's copy of the block (or the frozen
+block), pools its output into s and projects it, P(s). `SkipHeadLayer` wraps the classifier's final linear layer:
+it fuses its usual input h_L with the skip and applies the adapter's copy of the head. Under ``replace`` fusion,
+`SkipBypassLayer` wraps what runs between block ℓ and the head, so that none of it runs.
+
+How the skip travels. The source and the head are far apart in the model and the model's own forward code sits
+between them, so the skip cannot be an argument. It lives in a `CallScope`, created for one forward call of the
+model by a forward pre-hook on the model root (`open_scope`) and dropped by a forward hook that runs even when
+the forward fails (`close_scope`). The hooks receive the module being called, so each `nn.DataParallel` replica
+(a shallow copy with its own module objects) gets its own scope, and replicas running in threads never see each
+other's skip. Nothing outlives the call: no exception jumps out of the model, no `forward` is patched, and the
+scope is plain Python state that `torch.compile(fullgraph=True)` traces. (peft's `_enable_peft_forward_hooks`
+registers hooks per call instead; hook registries are shared between DataParallel replicas and cannot be
+registered inside a compiled graph, so a scope opened by hooks registered once is the simpler fit.)
+
+The head-input features z are not kept anywhere: `skipcollapse.collapse.HeadInputs` captures them for metrics
+and losses that ask, with a forward pre-hook on the head copy.
 
 Per-adapter state lives in `ModuleDict`/`ParameterDict` containers named `skipcollapse_*`, which is how peft
-finds what to train, save, load and delete.
+finds what to train, save, load and delete. When peft keeps adapter weights in float32 on a bf16/fp16 base
+(`autocast_adapter_dtype`), inputs are cast to the adapter's dtype and the block copy's output back to the
+base's, as peft's LoRA layers do.
 """
 
 from __future__ import annotations
@@ -21,18 +35,50 @@ from torch import nn
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
+NO_MERGE = (
+    "SkipCollapse cannot be merged into the base weights: its skip connection depends on each input (the pooled "
+    "output of an intermediate block), which no weight of the base architecture can express. Keep the PeftModel "
+    "for inference, or call unload() to get the unmodified base model back."
+)
 
-class SkipToHead(Exception):
-    """Raised by the source layer under `replace` fusion to stop the forward after block ℓ.
 
-    The blocks after ℓ contribute nothing to the output then, so running them would only cost time; the tuner's
-    forward catches this and applies the head to the skip features.
-    """
+class CallScope:
+    """What one forward call of the model passes from block ℓ to the head."""
 
-    def __init__(self, skip: torch.Tensor, adapter_name: str) -> None:
-        super().__init__("SkipCollapse replace fusion: the forward continues at the head")
-        self.skip = skip
-        self.adapter_name = adapter_name
+    __slots__ = ("skip", "source_output", "replaced")
+
+    def __init__(self) -> None:
+        self.skip: Optional[torch.Tensor] = None  # g·P(s) (add/concat) or P(s) (replace), consumed by the head
+        self.source_output: Any = None  # block ℓ's raw output: what bypassed blocks return under replace
+        self.replaced = False  # a replace adapter's source has run: what follows up to the head is bypassed
+
+
+def _scoped_layers(root: nn.Module) -> list["SkipCollapseLayer"]:
+    return [m for m in root.modules() if isinstance(m, SkipCollapseLayer)]
+
+
+def open_scope(root: nn.Module) -> CallScope:
+    """Give every SkipCollapse layer under `root` (this call's module objects) a fresh scope."""
+    scope = CallScope()
+    for layer in _scoped_layers(root):
+        layer._scope = scope
+    return scope
+
+
+def close_scope(root: nn.Module) -> None:
+    """End the call's scope: the skip and block ℓ's output are dropped with it."""
+    for layer in _scoped_layers(root):
+        layer._scope = None
+
+
+def scope_pre_hook(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook on the model root: each call of the model opens its own scope."""
+    open_scope(root)
+
+
+def scope_post_hook(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    """Forward hook on the model root (registered with ``always_call``): the call's scope ends with the call."""
+    close_scope(root)
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -57,10 +103,43 @@ def pool(hidden: torch.Tensor, pooling: str) -> torch.Tensor:
     return hidden.flatten(1)
 
 
+def _dtype_of(module: nn.Module) -> Optional[torch.dtype]:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
+def _cast(value: Any, dtype: Optional[torch.dtype]) -> Any:
+    """Floating tensors in `value` (a tensor, tuple, list or dict of them) cast to `dtype`; the rest as is."""
+    if dtype is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_cast(v, dtype) for v in value)
+    if isinstance(value, list):
+        return [_cast(v, dtype) for v in value]
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
 class SkipCollapseLayer(nn.Module, BaseTunerLayer):
-    """What both layers share: one active adapter at a time, and no merging into base weights."""
+    """What the layers share: the call scope, one active adapter at a time, no merging, and transparency.
+
+    A wrapped module stays a drop-in for the model code around it: attributes the wrapper does not have (a Swin
+    stage's ``downsample``, a block's ``config``) are read from the wrapped module.
+    """
 
     fusion: dict[str, str]
+    _scope: Optional[CallScope] = None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules", {})
+            if name == "base_layer" or "base_layer" not in modules:
+                raise
+            return getattr(modules["base_layer"], name)
 
     def _active(self) -> Optional[str]:
         """The adapter this layer runs now, or None when adapters are off or none of its adapters is active."""
@@ -72,7 +151,7 @@ class SkipCollapseLayer(nn.Module, BaseTunerLayer):
         return active[0] if active else None
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        raise NotImplementedError(NO_MERGE)
+        raise ValueError(NO_MERGE)
 
     def unmerge(self) -> None:
         return None
@@ -89,14 +168,13 @@ class SkipSourceLayer(SkipCollapseLayer):
         self.base_layer = base_layer
         self.skipcollapse_block = nn.ModuleDict()
         self.skipcollapse_proj = nn.ModuleDict()
-        self.skipcollapse_gate = nn.ParameterDict()
+        self.skipcollapse_gate = nn.ModuleDict()
         self.train_source: dict[str, str] = {}
         self.pooling: dict[str, str] = {}
         self.fusion: dict[str, str] = {}
         # A frozen module of the base model (its final norm), held outside the module tree so it is neither
         # saved with the adapter nor counted twice.
         self._skip_norm = [skip_norm] if skip_norm is not None else []
-        self._pending_skip: Optional[torch.Tensor] = None
         self.merged_adapters = []
 
     def update_layer(
@@ -111,15 +189,14 @@ class SkipSourceLayer(SkipCollapseLayer):
         projection: str,
     ) -> None:
         if train_source != "none":
-            block = copy.deepcopy(self.base_layer)
-            self.skipcollapse_block[adapter_name] = block
+            self.skipcollapse_block[adapter_name] = copy.deepcopy(self.base_layer)
         if projection == "identity":
             self.skipcollapse_proj[adapter_name] = nn.Identity()
         else:
             self.skipcollapse_proj[adapter_name] = _linear_like(source_dim, target_dim, self.base_layer)
         if fusion != "replace":
             # g = 0: at initialisation the skip adds nothing and the adapted model computes the base model exactly.
-            self.skipcollapse_gate[adapter_name] = nn.Parameter(torch.zeros(1, device=_device_of(self.base_layer)))
+            self.skipcollapse_gate[adapter_name] = SkipGate(device=_device_of(self.base_layer))
         self.train_source[adapter_name] = train_source
         self.pooling[adapter_name] = pooling
         self.fusion[adapter_name] = fusion
@@ -127,35 +204,83 @@ class SkipSourceLayer(SkipCollapseLayer):
 
     def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
         super().set_adapter(adapter_names, inference_mode=inference_mode)
-        # 'norms_biases' trains only the copy's norms and biases: re-freeze the rest after every (re)activation.
+        self._refreeze()
+
+    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        self._refreeze()
+
+    def _refreeze(self) -> None:
+        """'norms_biases' trains only the copy's norms and biases, whatever peft's generic operations unfroze."""
         for name, block in self.skipcollapse_block.items():
             if self.train_source.get(name) == "norms_biases":
                 _freeze_all_but_norms_and_biases(block)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        scope = self._scope
+        if scope is not None and scope.replaced:  # an earlier replace source ended this forward's path
+            return scope.source_output
         adapter = self._active()
         if adapter is None:
             return self.base_layer(*args, **kwargs)
-        block = self.skipcollapse_block[adapter] if adapter in self.skipcollapse_block else self.base_layer
-        output = block(*args, **kwargs)
+        if adapter in self.skipcollapse_block:
+            block = self.skipcollapse_block[adapter]
+            base_dtype = _dtype_of(self.base_layer)
+            output = _cast(block(*_cast(args, _dtype_of(block)), **_cast(kwargs, _dtype_of(block))), base_dtype)
+        else:
+            output = self.base_layer(*args, **kwargs)
+        if scope is None:
+            # Outside a model forward (a gradient-checkpointing recomputation of this block): only the output counts.
+            return output
+        proj = self.skipcollapse_proj[adapter]
         skip = pool(first_tensor(output), self.pooling[adapter])
         for norm in self._skip_norm:
             skip = norm(skip)
-        skip = self.skipcollapse_proj[adapter](skip)
+        skip = proj(_cast(skip, _dtype_of(proj)))
         if self.fusion[adapter] == "replace":
-            raise SkipToHead(skip, adapter)
-        self._pending_skip = self.skipcollapse_gate[adapter].to(skip.dtype) * skip
+            scope.skip, scope.source_output, scope.replaced = skip, output, True
+        else:
+            scope.skip = self.skipcollapse_gate[adapter](skip)
         return output
 
-    def pop_skip(self) -> torch.Tensor:
-        """The skip features of the current forward pass; each forward's skip is consumed exactly once."""
-        skip, self._pending_skip = self._pending_skip, None
-        if skip is None:
-            raise RuntimeError(
-                "the SkipCollapse head ran but its source block did not run in this forward pass; the head and the "
-                "source block must be called by the same model forward"
-            )
-        return skip
+
+class SkipGate(nn.Module):
+    """g·x with a learned scalar g. A module (not a bare parameter) so that hooks which move weights at call time
+    (accelerate's offloading) see it being called."""
+
+    def __init__(self, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight.to(x.dtype) * x
+
+
+class SkipBypassLayer(SkipCollapseLayer):
+    """A module after block ℓ that a ``replace`` adapter skips: it returns block ℓ's output (a block) or its own
+    input (anything else between the blocks and the head) once a replace source has run in this call, and runs
+    its module otherwise (adapters off, another fusion, or a source later in the model)."""
+
+    adapter_layer_names = ()
+    other_param_names = ("fusion",)
+
+    def __init__(self, base_layer: nn.Module, is_block: bool) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.is_block = is_block
+        self.fusion: dict[str, str] = {}
+        self.merged_adapters = []
+
+    def update_layer(self, adapter_name: str) -> None:
+        self.fusion[adapter_name] = "replace"
+        self.set_adapter(self.active_adapters)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        scope = self._scope
+        if scope is not None and scope.replaced:
+            return scope.source_output if self.is_block else (args[0] if args else next(iter(kwargs.values())))
+        return self.base_layer(*args, **kwargs)
+
 
 class SkipHeadLayer(SkipCollapseLayer):
     """The classifier's final linear layer: fuses its input with the skip and applies the adapter's head copy."""
@@ -168,8 +293,6 @@ class SkipHeadLayer(SkipCollapseLayer):
         self.base_layer = base_layer
         self.skipcollapse_head = nn.ModuleDict()
         self.fusion: dict[str, str] = {}
-        self._sources: dict[str, SkipSourceLayer] = {}  # plain dict: the source is already in the module tree
-        self.last_features: Optional[torch.Tensor] = None
         self.merged_adapters = []
 
     def update_layer(self, adapter_name: str, *, fusion: str, skip_dim: int) -> None:
@@ -186,32 +309,27 @@ class SkipHeadLayer(SkipCollapseLayer):
         self.fusion[adapter_name] = fusion
         self.set_adapter(self.active_adapters)
 
-    def link_source(self, adapter_name: str, source: SkipSourceLayer) -> None:
-        self._sources[adapter_name] = source
-
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter = self._active()
         if adapter is None:
-            self.last_features = x
             return self.base_layer(x, *args, **kwargs)
-        skip = self._sources[adapter].pop_skip().to(x.dtype)
-        if self.fusion[adapter] == "concat":
-            z = torch.cat([x, skip.expand(*x.shape[:-1], skip.shape[-1])], dim=-1)
+        scope = self._scope
+        skip = None if scope is None else scope.skip
+        if skip is None:
+            raise RuntimeError(
+                "the SkipCollapse head ran without its source block's skip in this forward call; call the model "
+                "itself (not its head or a submodule), which runs block ℓ before the head"
+            )
+        scope.skip = None  # each call's skip is used once
+        head = self.skipcollapse_head[adapter]
+        fusion = self.fusion[adapter]
+        if fusion == "replace":
+            z = skip
+        elif fusion == "concat":
+            z = torch.cat([x, skip.to(x.dtype).expand(*x.shape[:-1], skip.shape[-1])], dim=-1)
         else:
-            z = x + skip
-        return self.classify(z, adapter)
-
-    def classify(self, z: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """Apply the adapter's head to fused features z, remembering z for metrics and losses."""
-        self.last_features = z
-        return self.skipcollapse_head[adapter_name](z)
-
-
-NO_MERGE = (
-    "SkipCollapse cannot be merged into the base weights: its skip connection depends on each input (the pooled "
-    "output of an intermediate block), which no weight of the base architecture can express. Keep the PeftModel "
-    "for inference, or call unload() to get the unmodified base model back."
-)
+            z = x + skip.to(x.dtype)
+        return head(_cast(z, _dtype_of(head)))
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -221,7 +339,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def _linear_like(in_features: int, out_features: int, reference: nn.Module, bias: bool = True) -> nn.Linear:
-    dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()), torch.float32)
+    dtype = _dtype_of(reference) or torch.float32
     return nn.Linear(in_features, out_features, bias=bias, device=_device_of(reference), dtype=dtype)
 
 
@@ -231,4 +349,3 @@ def _freeze_all_but_norms_and_biases(block: nn.Module) -> None:
         for name, param in module.named_parameters(recurse=False):
             if not (is_norm or name == "bias"):
                 param.requires_grad = False
-

@@ -1,13 +1,14 @@
 """The peft tuner of SkipCollapse: resolves the config against a model and injects the two layers.
 
-`get_peft_model(model, SkipCollapseConfig(...))` lands here. The tuner finds the source block and the head
-(`skipcollapse.architectures`), wraps them (`skipcollapse.layer`), links the head to its source, keeps frozen
-BatchNorm statistics frozen in train mode, and runs `replace` fusion's shortened forward.
+`get_peft_model(model, SkipCollapseConfig(...))` lands here. The tuner resolves a copy of the config against the
+model (`architectures`), wraps the source block and the head (and, under ``replace`` fusion, what runs between
+them) in the layers of `layer`, registers the two hooks that give each forward call its scope, and keeps frozen
+BatchNorm statistics frozen in train mode.
 """
 
 from __future__ import annotations
 
-import functools
+import copy
 import re
 import warnings
 from typing import Any, Optional
@@ -18,7 +19,15 @@ from torch import nn
 
 from .architectures import Architecture, candidates_message, discover, infer_output_width
 from .config import SkipCollapseConfig
-from .layer import NO_MERGE, SkipCollapseLayer, SkipHeadLayer, SkipSourceLayer, SkipToHead
+from .layer import (
+    NO_MERGE,
+    SkipBypassLayer,
+    SkipCollapseLayer,
+    SkipHeadLayer,
+    SkipSourceLayer,
+    scope_post_hook,
+    scope_pre_hook,
+)
 
 _ADAPTER_OWNED = re.compile(r"(^|\.)(skipcollapse_\w+|modules_to_save)(\.|$)")
 
@@ -41,9 +50,43 @@ class SkipCollapseModel(BaseTuner):
         """
         _resolve_config(peft_config, model)
 
-    @staticmethod
-    def _check_target_module_exists(peft_config: SkipCollapseConfig, key: str) -> bool:
-        return key in (peft_config.source_layer, peft_config.head_module)
+    def _check_target_module_exists(self, peft_config: SkipCollapseConfig, key: str) -> bool:
+        return key in (peft_config.source_layer, peft_config.head_module) or key in self._bypassed(peft_config)
+
+    def _bypassed(self, config: SkipCollapseConfig) -> frozenset[str]:
+        """Under ``replace``: what the forward would run between block ℓ and the head, so that it does not run.
+
+        These are the top-most modules with weights or buffers that the model registers after block ℓ (models
+        register their modules in the order they run them), other than the head and its ancestors. Parameter-free
+        modules (pooling, dropout, activations) are left alone: they work on any width and cost nothing.
+        """
+        if config.fusion != "replace":
+            return frozenset()
+        key = (config.source_layer, config.head_module)
+        cached = getattr(self, "_bypassed_cache", {}).get(key)
+        if cached is not None:
+            return cached
+        source, head = key
+        blocks = set(getattr(discover(self.model), "blocks", []))
+        chosen: list[str] = []
+        after = False
+        for name, module in self.model.named_modules():
+            if name == source:
+                after = True
+                continue
+            if not after or name.startswith(source + ".") or name == head or head.startswith(name + "."):
+                continue
+            if "skipcollapse_" in name or any(name.startswith(c + ".") for c in chosen):
+                continue
+            if isinstance(module, (SkipSourceLayer, SkipHeadLayer)):
+                continue
+            if next(module.parameters(), None) is None and next(module.buffers(), None) is None:
+                continue
+            if any(b.startswith(name + ".") for b in blocks) or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+                continue  # a container the forward iterates or a container of blocks: its members are wrapped one by one
+            chosen.append(name)
+        self._bypassed_cache = {**getattr(self, "_bypassed_cache", {}), key: frozenset(chosen)}
+        return self._bypassed_cache[key]
 
     def _create_and_replace(
         self,
@@ -59,7 +102,7 @@ class SkipCollapseModel(BaseTuner):
             layer = target
             if not isinstance(layer, SkipSourceLayer):
                 norm = self.model.get_submodule(peft_config.skip_norm) if peft_config.skip_norm else None
-                layer = SkipSourceLayer(target, skip_norm=norm)
+                layer = SkipSourceLayer(_base(target), skip_norm=norm)
                 self._replace_module(parent, target_name, layer, target)
             head = _base(self.model.get_submodule(peft_config.head_module))
             layer.update_layer(
@@ -71,44 +114,48 @@ class SkipCollapseModel(BaseTuner):
                 target_dim=_skip_width(peft_config, head),
                 projection=peft_config.projection,
             )
-        else:
+        elif current_key == peft_config.head_module:
             layer = target
             if not isinstance(layer, SkipHeadLayer):
                 layer = SkipHeadLayer(target)
                 self._replace_module(parent, target_name, layer, target)
             layer.update_layer(adapter_name, fusion=peft_config.fusion, skip_dim=_skip_width(peft_config, target))
+        elif isinstance(target, SkipBypassLayer):
+            target.update_layer(adapter_name)
+        elif not isinstance(target, SkipCollapseLayer):
+            blocks = set(getattr(discover(self.model), "blocks", []))
+            layer = SkipBypassLayer(target, is_block=current_key in blocks)
+            self._replace_module(parent, target_name, layer, target)
+            layer.update_layer(adapter_name)
         # which adapter is active on the new layers is set by peft's inject_adapter right after this
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        # Resolve a copy: the config object the user passed stays as it was, reusable for another model.
+        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
+        self._bypassed_cache = {}
         super().inject_adapter(model, adapter_name, *args, **kwargs)
-        config = self.peft_config[adapter_name]
-        head = model.get_submodule(config.head_module)
-        head.link_source(adapter_name, model.get_submodule(config.source_layer))
-        if config.fusion == "replace":
-            self._install_replace_forward()
+        if not getattr(self, "_scope_hooks", None):
+            self._scope_hooks = [
+                model.register_forward_pre_hook(scope_pre_hook, with_kwargs=True),
+                model.register_forward_hook(scope_post_hook, with_kwargs=True, always_call=True),
+            ]
 
-    # ----------------------------------------------------------------------------------------- forward
-    def _install_replace_forward(self) -> None:
-        """Let the base model's own forward finish at the head when a `replace` adapter stops it after block ℓ.
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """peft keeps adapter weights of a bf16/fp16 base in float32; a block copy's BatchNorm statistics (buffers,
+        which peft leaves alone) must follow its weights, or normalisation mixes dtypes."""
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        for layer in self.model.modules():
+            if isinstance(layer, SkipSourceLayer) and adapter_name in layer.skipcollapse_block:
+                block = layer.skipcollapse_block[adapter_name]
+                dtype = next((p.dtype for p in block.parameters() if p.is_floating_point()), None)
+                for module in block.modules():
+                    for name, buffer in module.named_buffers(recurse=False):
+                        if dtype is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                            setattr(module, name, buffer.to(dtype))
 
-        peft calls the base model directly (not through this tuner) for models without a task type, so the
-        shortcut has to live on the base model's forward. `functools.wraps` keeps its signature visible to the
-        Trainer, which reads it to find label and input columns.
-        """
-        model = self.model
-        if "forward" in vars(model):
-            return
-        original = model.forward
-
-        @functools.wraps(original)
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return original(*args, **kwargs)
-            except SkipToHead as jump:
-                head = model.get_submodule(self.peft_config[jump.adapter_name].head_module)
-                return self._classifier_output(head.classify(jump.skip, jump.adapter_name), kwargs)
-
-        model.forward = forward
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # Call the model, not its .forward, so the hooks that open the call's scope run.
+        return self.model(*args, **kwargs)
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         if isinstance(new_module, SkipCollapseLayer):
@@ -117,26 +164,10 @@ class SkipCollapseModel(BaseTuner):
             setattr(parent, child_name, new_module)
 
     def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
-        vars(self.model).pop("forward", None)
+        for handle in getattr(self, "_scope_hooks", None) or []:
+            handle.remove()
+        self._scope_hooks = []
         return super()._unload_and_optionally_merge(*args, **kwargs)
-
-    def _classifier_output(self, logits: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-        """What the base model would return for these logits: a ModelOutput with the loss for transformers models and
-        `TimmImageClassifier`, the logits for any other module."""
-        from transformers import PreTrainedModel
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
-        from ..integrations.timm import TimmImageClassifier
-
-        labels = kwargs.get("labels")
-        if isinstance(self.model, TimmImageClassifier):
-            return self.model.output_from_logits(logits, labels)
-        if not isinstance(self.model, PreTrainedModel):
-            return logits
-        loss = None if labels is None else self.model.loss_function(labels, logits, self.model.config)
-        if kwargs.get("return_dict") is False:
-            return (logits,) if loss is None else (loss, logits)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def train(self, mode: bool = True) -> "SkipCollapseModel":
         """Train mode for everything that trains; frozen BatchNorm layers stay in eval mode.
@@ -150,12 +181,6 @@ class SkipCollapseModel(BaseTuner):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _ADAPTER_OWNED.search(name):
                     module.eval()
         return self
-
-    @property
-    def last_features(self) -> Optional[torch.Tensor]:
-        """The head-input features z of the last forward pass (with their graph), for metrics and losses."""
-        active = self.active_adapters[0]
-        return self.model.get_submodule(self.peft_config[active].head_module).last_features
 
     # ----------------------------------------------------------------------------------------- peft plumbing
     def merge_and_unload(self, *args: Any, **kwargs: Any) -> nn.Module:
@@ -175,19 +200,6 @@ class SkipCollapseModel(BaseTuner):
         # Block copies nest the adapter name inside the key ('...skipcollapse_block.default.attn.weight'), which
         # peft's default only strips at the end; strip it right after our container's name instead.
         return re.sub(rf"(skipcollapse_\w+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
-
-
-def head_features(model: nn.Module) -> Optional[torch.Tensor]:
-    """The head-input features z of `model`'s last forward pass, for a PeftModel, a DDP wrapper or the tuner."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP / accelerate wrappers
-        model = model.module
-    tuner = getattr(model, "base_model", model)
-    if not isinstance(tuner, SkipCollapseModel):
-        raise TypeError(
-            f"{type(model).__name__} carries no SkipCollapse adapter; wrap it with get_peft_model(model, "
-            "SkipCollapseConfig()) or capture the head input with a forward hook"
-        )
-    return tuner.last_features
 
 
 # --------------------------------------------------------------------------------------------- resolution
@@ -315,7 +327,10 @@ def _modules_to_save(config: SkipCollapseConfig, model: nn.Module, arch: Optiona
     peft's sequence-classification model adds 'classifier' here; for SkipCollapse the head already trains (as a
     per-adapter copy), and wrapping it or an ancestor of it again would hide the skip path.
     """
-    wanted = list(dict.fromkeys((config.modules_to_save or []) + (arch.modules_to_save if arch else [])))
+    family = arch.modules_to_save if arch else []
+    if config.fusion == "replace":
+        family = []  # the head's input is P(s) alone: the family's classifier modules before the head get no gradient
+    wanted = list(dict.fromkeys((config.modules_to_save or []) + family))
     ours = (config.source_layer, config.head_module)
     names = [name for name, _ in model.named_modules() if name]
     kept = []

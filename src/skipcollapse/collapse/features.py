@@ -1,9 +1,10 @@
 """What the classifier head sees: capture it during ordinary forward passes, for any classifier.
 
-The neural-collapse quantities are about the head's input z. A model carrying a SkipCollapse adapter keeps
-z on its head layer; any other classifier (a plain transformers/timm model, a LoRA PeftModel) gets a forward
-pre-hook on its head, found by `skipcollapse.architectures` or named by the caller. Either way one forward
-pass yields logits and features together: measuring never costs a second pass.
+The neural-collapse quantities are about the head's input z. `HeadInputs` puts a forward pre-hook on the module
+that maps z to logits: the head of a plain transformers/timm model or a LoRA PeftModel (found by the architecture
+table or named by the caller), or the active adapter's head copy of a SkipCollapse model (found from its peft
+config, without importing the adapter). One forward pass yields logits and features together: measuring never
+costs a second pass.
 """
 
 from __future__ import annotations
@@ -26,41 +27,36 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _skipcollapse_tuner(model: nn.Module) -> Optional[nn.Module]:
-    from ..adapter.model import SkipCollapseModel
-
-    tuner = getattr(model, "base_model", None)
-    return tuner if isinstance(tuner, SkipCollapseModel) else None
-
-
 class HeadInputs:
     """Capture the head input z of each forward pass of `model` (a context manager; `.latest` after a forward).
 
+    The capture is a forward pre-hook on the module that maps z to logits, held only while the context is open:
+    z (and its autograd graph) lives until the next forward or until the capture closes, never longer.
+
     Args:
-        model: a classifier, possibly wrapped in a PeftModel and/or DDP.
+        model: a classifier, possibly wrapped in a PeftModel (any method) and/or DDP.
         head_module: name of the head's final linear layer in the base model; found automatically for the
             supported architectures and for SkipCollapse adapters.
     """
 
     def __init__(self, model: nn.Module, head_module: Optional[str] = None) -> None:
         model = unwrap(model)
-        self._tuner = _skipcollapse_tuner(model)
         self._latest: Optional[torch.Tensor] = None
-        self._handle = None
-        self.head: nn.Module
-        if self._tuner is not None:
-            config = self._tuner.peft_config[self._tuner.active_adapters[0]]
-            self.head = self._tuner.model.get_submodule(config.head_module)
-            return
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        name = head_module or getattr(discover(base), "head", None)
+        config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+        name = head_module or getattr(config, "head_module", None) or getattr(discover(base), "head", None)
         if name is None:
             raise ValueError(
                 f"cannot find the classifier head of {type(base).__name__}; pass head_module=<name of its final "
                 f"nn.Linear> ({candidates_message(base, 'classifier', [], kind=nn.Linear)})"
             )
         self.head = base.get_submodule(name)
-        self._handle = self.head.register_forward_pre_hook(self._remember)
+        # A SkipCollapse head maps the fused z with its adapter's copy (or its base layer when adapters are off);
+        # a plain head, or a peft wrapper of it, receives z itself.
+        copies = getattr(self.head, "skipcollapse_head", None)
+        self._active = getattr(model, "active_adapter", None) if copies is not None else None
+        targets = [*copies.values(), self.head.base_layer] if copies is not None else [self.head]
+        self._handles = [t.register_forward_pre_hook(self._remember) for t in targets]
 
     def _remember(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._latest = args[0]
@@ -68,15 +64,14 @@ class HeadInputs:
     @property
     def latest(self) -> torch.Tensor:
         """z of the last forward pass, with its autograd graph (detach it for metrics)."""
-        z = self._tuner.last_features if self._tuner is not None else self._latest
-        if z is None:
+        if self._latest is None:
             raise RuntimeError("no forward pass has run since the capture started")
-        return z
+        return self._latest
 
     def head_weight(self) -> torch.Tensor:
         """The weight [K, d] of the head that maps z to logits (the adapter's own head under SkipCollapse)."""
-        if self._tuner is not None:
-            return self.head.skipcollapse_head[self._tuner.active_adapters[0]].weight
+        if self._active is not None:
+            return self.head.skipcollapse_head[self._active].weight
         head = self.head
         for attr in ("modules_to_save", "base_layer"):  # peft wrappers of a plain head
             inner = getattr(head, attr, None)
@@ -87,9 +82,10 @@ class HeadInputs:
         return head.weight
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._latest = None
 
     def __enter__(self) -> "HeadInputs":
         return self

@@ -12,7 +12,7 @@ and, once `search` has run, the hyper-parameters it chose. The protocol:
    has warmup and a cosine schedule, evaluates validation every ``eval_every`` steps and keeps its best
    checkpoint. Choices maximise validation accuracy (ties: lower validation cross-entropy, then grid order).
 3. Final runs: each method with its chosen hyper-parameters and block, on every seed, evaluated once on test.
-   Methods with a block are also run on the NC1-chosen block when it differs, so both choices are reported.
+   SCL-FT is also run on the NC1-chosen block when validation chose another, so both choices are reported.
 
 Search runs never build the test set (`run` only touches it when ``evaluate_test`` is set), and results are
 cached per configuration (one JSON file each, written atomically), so an interrupted search resumes where it
@@ -382,12 +382,12 @@ def search(
 
 
 def final_specs(experiment: Experiment, shots: str, method: str, seeds: Iterable[int]) -> list[tuple[str, RunSpec]]:
-    """(row label, spec) of the test runs of one method: its chosen configuration on every seed, and for methods
-    with a source block, also the NC1-chosen block where validation chose another."""
+    """(row label, spec) of the test runs of one method: its chosen configuration on every seed, and for SCL-FT
+    also the NC1-chosen block where validation chose another (the paper's choice, made operational)."""
     choice = experiment.choice(shots, method)
     params = {k: choice[k] for k in experiment.search_space[method]}
     variants = [(method, choice.get("source_layer"))]
-    if method in BLOCK_METHODS and choice.get("nc1_source_layer") != choice.get("source_layer"):
+    if method == "scl-ft" and choice.get("nc1_source_layer") != choice.get("source_layer"):
         variants.append((f"{method} (NC1 block)", choice["nc1_source_layer"]))
     return [
         (label, RunSpec(method, shots, seed, source_layer=block, evaluate_test=True, **params))

@@ -1,0 +1,210 @@
+"""The paths users take besides a plain forward: DataParallel replicas in threads, torch.compile, bf16/fp16 bases,
+accelerate's offload hooks, several adapters, and peft's generic operations."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from torch import nn
+from tiny_models import build, logits_of, loss_of, make_inputs
+
+import skipcollapse
+from skipcollapse import SkipCollapseConfig
+from skipcollapse.adapter.layer import SkipBypassLayer, SkipCollapseLayer
+
+
+def _adapted(family: str, seed: int = 0, **config) -> PeftModel:
+    model = build(family)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, SkipCollapseConfig(**config))
+    _open_gates(peft_model)
+    return peft_model.eval()
+
+
+def _open_gates(model: nn.Module, value: float = 0.7) -> None:
+    """Gates start at zero (the base model's output); open them so the skip matters in these comparisons."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "skipcollapse_gate" in name:
+                p.fill_(value)
+
+
+def _replicas(model: nn.Module, count: int = 2) -> list[nn.Module]:
+    """Replicas built the way `nn.DataParallel` builds them: a shallow copy of every module, sharing parameters."""
+    modules = list(model.modules())
+    index = {id(m): i for i, m in enumerate(modules)}
+    roots = []
+    for _ in range(count):
+        copies = [m._replicate_for_data_parallel() for m in modules]
+        for original, replica in zip(modules, copies):
+            for key, child in original._modules.items():
+                replica._modules[key] = None if child is None else copies[index[id(child)]]
+            for key, param in original._parameters.items():
+                replica._parameters[key] = param
+        roots.append(copies[0])
+    return roots
+
+
+@pytest.mark.parametrize("fusion", ["add", "concat", "replace"])
+@pytest.mark.parametrize("family", ["timm-resnet", "hf-bert"])
+def test_data_parallel_replicas_in_threads_give_the_models_logits(family: str, fusion: str) -> None:
+    model = _adapted(family, fusion=fusion)
+    inputs = [make_inputs(family, seed=s) for s in (1, 2)]
+    with torch.no_grad():
+        expected = [logits_of(model, x) for x in inputs]
+    replicas = _replicas(model)
+    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            with torch.no_grad():
+                for _ in range(10):
+                    results[i].append(logits_of(replicas[i], inputs[i]))
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in (0, 1):
+        for got in results[i]:
+            torch.testing.assert_close(got, expected[i], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fusion", ["add", "concat", "replace"])
+@pytest.mark.parametrize("family", ["timm-resnet", "hf-vit"])
+def test_compile_fullgraph_gives_the_same_logits_and_gradients(family: str, fusion: str) -> None:
+    torch._dynamo.reset()
+    model = _adapted(family, fusion=fusion)
+    inputs = make_inputs(family)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for run in (model, compiled):
+        run.zero_grad()
+        loss_of(run, inputs).backward()
+        if run is model:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            logits = logits_of(model, inputs)
+    torch.testing.assert_close(logits_of(compiled, inputs), logits, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("family", ["timm-resnet", "hf-bert", "hf-vit"])
+def test_half_precision_bases_forward_train_and_reload(family: str, dtype: torch.dtype, tmp_path) -> None:
+    base = build(family).to(dtype)
+    model = get_peft_model(base, SkipCollapseConfig(fusion="concat"))
+    _open_gates(model)
+    inputs = make_inputs(family)
+    half = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    with torch.autocast("cpu", dtype=dtype):
+        loss = loss_of(model, half)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad():
+        logits = logits_of(model, half)
+    assert torch.isfinite(logits).all()
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(build(family).to(dtype), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(reloaded, half), logits)
+
+
+@pytest.mark.parametrize("fusion", ["add", "replace"])
+def test_accelerate_offload_hooks_keep_the_logits(fusion: str) -> None:
+    from accelerate import cpu_offload, dispatch_model
+
+    inputs = make_inputs("hf-bert")
+    model = _adapted("hf-bert", fusion=fusion)
+    with torch.no_grad():
+        expected = logits_of(model, inputs)
+    dispatched = dispatch_model(_adapted("hf-bert", fusion=fusion), device_map={"": "cpu"})
+    offloaded = cpu_offload(_adapted("hf-bert", fusion=fusion), execution_device=torch.device("cpu"))
+    with torch.no_grad():
+        for other in (dispatched, offloaded):
+            torch.testing.assert_close(logits_of(other, inputs), expected, rtol=0, atol=1e-6)
+
+
+def test_two_adapters_with_different_source_blocks_switch_like_single_ones() -> None:
+    family, inputs = "timm-efficientnet", make_inputs("timm-efficientnet")
+    first = dict(source_layer=1, fusion="add")
+    second = dict(source_layer=-3, fusion="replace")
+    single_a, single_b = _adapted(family, seed=0, **first), _adapted(family, seed=1, **second)
+    both = _adapted(family, seed=0, **first)
+    torch.manual_seed(1)
+    both.add_adapter("other", SkipCollapseConfig(**second))
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(both, inputs), logits_of(single_a, inputs), rtol=0, atol=0)
+        both.set_adapter("other")
+        torch.testing.assert_close(logits_of(both, inputs), logits_of(single_b, inputs), rtol=0, atol=0)
+        both.set_adapter("default")
+        torch.testing.assert_close(logits_of(both, inputs), logits_of(single_a, inputs), rtol=0, atol=0)
+    both.delete_adapter("other")
+    for module in both.modules():
+        if isinstance(module, SkipCollapseLayer):
+            assert "other" not in module.fusion
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(both, inputs), logits_of(single_a, inputs), rtol=0, atol=0)
+
+
+def test_peft_set_requires_grad_keeps_norms_biases_training_only_norms_and_biases() -> None:
+    model = get_peft_model(build("hf-vit"), SkipCollapseConfig(train_source="norms_biases"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    model.base_model.set_requires_grad("default", requires_grad=True)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    block_params = [n for n in trainable if "skipcollapse_block" in n]
+    assert block_params and all("norm" in n or n.endswith("bias") for n in block_params)
+
+
+@pytest.mark.parametrize("family,extra", [("hf-distilbert", "pre_classifier"), ("hf-roberta", "classifier.dense")])
+def test_replace_trains_nothing_that_gets_no_gradient(family: str, extra: str) -> None:
+    model = get_peft_model(build(family), SkipCollapseConfig(fusion="replace"))
+    assert extra not in (model.peft_config["default"].modules_to_save or [])
+    model.train()
+    loss_of(model, make_inputs(family)).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+def test_the_config_object_is_not_mutated_and_can_be_reused() -> None:
+    config = SkipCollapseConfig()
+    first = get_peft_model(build("hf-bert"), config)
+    assert config.source_layer is None and config.head_module is None and config.base_model_class is None
+    second = get_peft_model(build("timm-resnet"), config)  # another family from the same config object
+    assert first.peft_config["default"].source_layer.startswith("bert.")
+    assert second.peft_config["default"].source_layer.startswith("layer")
+
+
+def test_merge_and_merge_and_unload_raise_the_same_error_with_advice() -> None:
+    model = _adapted("hf-bert")
+    with pytest.raises(ValueError, match="unload()") as whole:
+        model.merge_and_unload()
+    with pytest.raises(ValueError, match="unload()") as layer:
+        next(m for m in model.modules() if isinstance(m, SkipCollapseLayer)).merge()
+    assert str(whole.value) == str(layer.value)
+
+
+def test_a_wrapped_block_stays_a_drop_in_for_code_that_reads_its_attributes() -> None:
+    model = _adapted("hf-vit", fusion="replace", source_layer=0)
+    base = model.get_base_model()
+    blocks = skipcollapse.block_names(base)
+    source = base.get_submodule(blocks[0])
+    assert source.attention is source.base_layer.attention  # read through the wrapper
+    bypassed = base.get_submodule(blocks[1])
+    assert isinstance(bypassed, SkipBypassLayer) and bypassed.layernorm_before is bypassed.base_layer.layernorm_before
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        source.no_such_thing
