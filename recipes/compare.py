@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from skipcollapse.collapse.distributed import is_main_process
 from skipcollapse.zoo.experiments import (
     Experiment,
     ResultCache,
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     comparison = paired(rows)
     report = {"experiment": experiment.to_json(), "seeds": args.seeds, "runs": rows, "table": table,
               "paired": comparison}
-    if _is_main():
+    if is_main_process():
         out = Path(args.output_dir)
         write_atomic(out / "compare.json", json.dumps(report, indent=2) + "\n")
         write_atomic(out / "compare.csv", _csv(table))
@@ -92,12 +93,6 @@ def main(argv: list[str] | None = None) -> dict:
         plots = plot(table, out, title)
         print(summary(args, experiment, table, comparison, [out / "compare.md", out / "compare.json", *plots]))
     return report
-
-
-def _is_main() -> bool:
-    import torch
-
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def _csv(table: list[dict]) -> str:

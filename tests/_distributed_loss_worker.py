@@ -66,7 +66,7 @@ def main(out_path: str) -> None:
 
     # 2. The full loss: local cross-entropy (averaged by DDP) + lam * global penalty.
     ddp = nn.parallel.DistributedDataParallel(net)
-    criterion = CollapseLoss(lam=LAMBDA, num_classes=4)
+    criterion = CollapseLoss(collapse_lambda=LAMBDA, num_classes=4)
     logits, z = ddp(x_r)
     loss = criterion(logits, z, y_r)
     loss.backward()

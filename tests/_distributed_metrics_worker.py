@@ -39,18 +39,21 @@ def shard(rank: int, labels: torch.Tensor) -> torch.Tensor:
 
 
 def load_metrics_module():
-    """Load skipcollapse/collapse/metrics.py on its own (it needs only torch).
+    """Load skipcollapse/collapse/metrics.py without the package's ``__init__`` (metrics need only torch).
 
     Importing the package would also import peft and transformers (the package registers itself
     with peft), which dominates the wall time of these short-lived processes on a small CPU box.
-    ``find_spec`` of the top-level package locates it without running its ``__init__``.
+    ``find_spec`` of the top-level package locates it without running its ``__init__``; empty package
+    modules stand in for ``skipcollapse`` and ``skipcollapse.collapse`` so relative imports resolve.
     """
-    package = importlib.util.find_spec("skipcollapse")
-    path = Path(list(package.submodule_search_locations)[0]) / "collapse" / "metrics.py"
-    spec = importlib.util.spec_from_file_location("skipcollapse_metrics_standalone", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import types
+
+    root = Path(list(importlib.util.find_spec("skipcollapse").submodule_search_locations)[0])
+    for name, path in (("skipcollapse", root), ("skipcollapse.collapse", root / "collapse")):
+        package = types.ModuleType(name)
+        package.__path__ = [str(path)]
+        sys.modules.setdefault(name, package)
+    return importlib.import_module("skipcollapse.collapse.metrics")
 
 
 def snapshot(metric) -> list[torch.Tensor]:

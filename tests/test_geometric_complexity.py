@@ -143,7 +143,7 @@ def test_gradient_flows_into_what_produced_the_inputs():
 def test_regulariser_lowers_gc_under_sgd():
     mlp = tanh_mlp(seed=3, sizes=(4, 16, 3))
     x = torch.randn(32, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    reg = GeometricComplexityRegularizer(lam=1.0, generator=torch.Generator().manual_seed(0))
+    reg = GeometricComplexityRegularizer(gc_lambda=1.0, generator=torch.Generator().manual_seed(0))
     before = geometric_complexity(mlp, x, exact=True).item()
     opt = torch.optim.SGD(mlp.parameters(), lr=0.05)
     for _ in range(20):

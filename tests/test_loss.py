@@ -131,7 +131,7 @@ def test_lam_zero_is_exactly_cross_entropy():
     feats = torch.randn(16, 8, generator=gen)
     y = torch.randint(0, 5, (16,), generator=gen)
     y[2] = -100
-    crit = CollapseLoss(lam=0.0)
+    crit = CollapseLoss(collapse_lambda=0.0)
     assert torch.equal(crit(logits, feats, y), F.cross_entropy(logits, y))
     assert math.isnan(crit.last_parts["collapse_penalty"])  # not computed
 
@@ -140,7 +140,7 @@ def test_loss_is_ce_plus_lambda_penalty_and_logs_parts():
     z, y = random_batch(2, d=6)
     y[0] = -100
     logits = torch.randn(len(y), 4, dtype=torch.float64)
-    crit = CollapseLoss(lam=0.3, label_smoothing=0.1)
+    crit = CollapseLoss(collapse_lambda=0.3, label_smoothing=0.1)
     loss = crit(logits, z, y)
     ce = F.cross_entropy(logits, y, label_smoothing=0.1)
     pen = reference_penalty(z, y)
@@ -168,7 +168,7 @@ def _grads(*modules):
 def _accumulated_grads(lam: float, micro: int):
     """HF-Trainer style: backward(loss_m / M) on each micro-batch, gradients summed."""
     feat, head, x, y = _linear_problem()
-    crit = CollapseLoss(lam=lam)
+    crit = CollapseLoss(collapse_lambda=lam)
     for xm, ym in zip(x.chunk(micro), y.chunk(micro)):
         z = feat(xm)
         (crit(head(z), z, ym) / micro).backward()
@@ -178,14 +178,14 @@ def _accumulated_grads(lam: float, micro: int):
 def test_accumulation_equals_full_batch_for_ce_only():
     feat, head, x, y = _linear_problem()
     z = feat(x)
-    CollapseLoss(lam=0.0)(head(z), z, y).backward()
+    CollapseLoss(collapse_lambda=0.0)(head(z), z, y).backward()
     assert torch.allclose(_accumulated_grads(0.0, micro=4), _grads(feat, head), rtol=0, atol=1e-14)
 
 
 def test_accumulation_with_penalty_is_mean_of_micro_batch_losses():
     lam, micro = 0.7, 4
     feat, head, x, y = _linear_problem()
-    crit = CollapseLoss(lam=lam)
+    crit = CollapseLoss(collapse_lambda=lam)
     objective = 0
     for xm, ym in zip(x.chunk(micro), y.chunk(micro)):
         z = feat(xm)
@@ -251,7 +251,7 @@ def test_two_process_ddp_matches_single_process_global_batch(tmp_path):
     # Single process, global batch: the full loss. Each rank's loss is its local CE plus the
     # global penalty, so compare the penalty part and the (DDP-averaged) gradients.
     net, x, y = worker.make_problem()
-    crit = CollapseLoss(lam=worker.LAMBDA, num_classes=4)
+    crit = CollapseLoss(collapse_lambda=worker.LAMBDA, num_classes=4)
     logits, z = net(x)
     crit(logits, z, y).backward()
     ref_grads = {n: p.grad.flatten() for n, p in net.named_parameters()}

@@ -67,7 +67,7 @@ def test_callback_logs_nc_metrics_that_match_a_direct_computation(adapted: bool,
 
 def test_collapse_loss_func_with_lambda_zero_is_cross_entropy(tmp_path) -> None:
     model = get_peft_model(build("hf-bert"), SkipCollapseConfig())
-    loss_func = CollapseLossFunc(model, lam=0.0)
+    loss_func = CollapseLossFunc(model, collapse_lambda=0.0)
     inputs = make_inputs("hf-bert")
     out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
     assert torch.equal(loss_func(out, inputs["labels"]), F.cross_entropy(out.logits, inputs["labels"]))
@@ -78,7 +78,7 @@ def test_collapse_loss_func_with_lambda_zero_is_cross_entropy(tmp_path) -> None:
 
 def test_collapse_loss_func_adds_the_weighted_penalty_of_the_same_forward_pass() -> None:
     model = get_peft_model(build("hf-bert"), SkipCollapseConfig())
-    loss_func = CollapseLossFunc(model, lam=0.5)
+    loss_func = CollapseLossFunc(model, collapse_lambda=0.5)
     inputs = make_inputs("hf-bert")
     with HeadInputs(model) as capture:
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])

@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .adapter.architectures import Architecture, candidates_message, discover
-from .collapse.features import HeadInputs, model_inputs, shard_loader, unwrap
+from .collapse.distributed import is_distributed, world
+from .collapse.features import HeadInputs, base_model, model_inputs, shard_loader, unwrap
 from .adapter.layer import SkipCollapseLayer, SkipSourceLayer, first_tensor, pool
 from .collapse.metrics import CollapseMetrics
 from .collapse.transferability import h_score, logme
@@ -251,12 +252,6 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _is_dataset(data: Any) -> bool:
     """Map-style data we can index and shard ourselves (torch or HF `datasets`), as opposed to a loader."""
     return not isinstance(data, DataLoader) and hasattr(data, "__getitem__") and hasattr(data, "__len__")
@@ -277,8 +272,8 @@ def _make_loader(
         generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(data), generator=generator)[:max_examples].sort().values.tolist()
         data = Subset(data, keep)
-    rank, world = _world()
-    return shard_loader(data, batch_size, collate_fn, rank, world), None
+    rank, world_size = world()
+    return shard_loader(data, batch_size, collate_fn, rank, world_size), None
 
 
 def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
@@ -310,7 +305,7 @@ def _batches(
     """
     loader, cap = _make_loader(data, batch_size, collate_fn, max_examples, seed)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    rank, _ = _world()
+    rank, _ = world()
     total = len(loader) if hasattr(loader, "__len__") else None
     seen = 0
     was_training = model.training
@@ -336,7 +331,7 @@ def _batches(
 
 def _gather(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All processes' kept features and labels (the scores are not additive, unlike the NC statistics)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return features, labels
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, (features.cpu(), labels.cpu()))
@@ -364,11 +359,6 @@ def _metric_values(metric: CollapseMetrics) -> tuple[dict[str, float], Optional[
 
 
 # ------------------------------------------------------------------------------------------------ probe
-def _base_model(model: nn.Module) -> nn.Module:
-    model = unwrap(model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _hook_targets(module: nn.Module) -> list[nn.Module]:
     """The modules whose output is the block's own output. Under a SkipCollapse adapter the block is wrapped: its
     inner block (the frozen original or the adapter's trainable copy, whichever runs) is hooked, so a block that a
@@ -428,7 +418,7 @@ def probe_layers(
     Blocks that did not run (the blocks after the source block under ``replace`` fusion) get NaN metrics and
     ``num_examples == 0``. Collective under ``torch.distributed``: every process must call it.
     """
-    base = _base_model(model)
+    base = base_model(model)
     arch: Optional[Architecture] = discover(base)
     blocks = list(arch.blocks) if arch else []
     names = list(layers) if layers is not None else list(blocks)

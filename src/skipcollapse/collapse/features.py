@@ -27,6 +27,12 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The classifier under every wrapper: DDP/accelerate/compile (`unwrap`), then a PeftModel's base model."""
+    model = unwrap(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 class HeadInputs:
     """Capture the head input z of each forward pass of `model` (a context manager; `.latest` after a forward).
 
@@ -42,7 +48,7 @@ class HeadInputs:
     def __init__(self, model: nn.Module, head_module: Optional[str] = None) -> None:
         model = unwrap(model)
         self._latest: Optional[torch.Tensor] = None
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
         name = head_module or getattr(config, "head_module", None) or getattr(discover(base), "head", None)
         if name is None:

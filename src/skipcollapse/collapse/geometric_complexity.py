@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["geometric_complexity", "gc_penalty", "GeometricComplexityRegularizer"]
+__all__ = ["geometric_complexity", "gc_from_outputs", "gc_penalty", "GeometricComplexityRegularizer"]
 
 Projection = Literal["rademacher", "gaussian"]
 
@@ -78,30 +78,47 @@ def geometric_complexity(
             f"inputs must be floating point, got {inputs.dtype}; for token ids pass the input "
             "embeddings and an fn that takes embeddings"
         )
-    if num_projections < 1:
-        raise ValueError(f"num_projections must be >= 1, got {num_projections}")
     x = inputs if inputs.requires_grad else inputs.detach().requires_grad_(True)
-    batch = x.shape[0]
     with torch.enable_grad():
         out = fn(x)
-        if out.shape[0] != batch:
-            raise ValueError(f"fn must keep the batch dimension {batch}, got {tuple(out.shape)}")
-        out = out.reshape(batch, -1)
+    return gc_from_outputs(
+        out, x, num_projections, exact=exact, generator=generator, create_graph=create_graph,
+        projection=projection, reduction=reduction,
+    )
+
+
+def gc_from_outputs(
+    outputs: Tensor,
+    inputs: Tensor,
+    num_projections: int = 1,
+    *,
+    exact: bool = False,
+    generator: torch.Generator | None = None,
+    create_graph: bool = True,
+    projection: Projection = "rademacher",
+    reduction: Literal["mean", "none"] = "mean",
+) -> Tensor:
+    """`geometric_complexity` of outputs already computed from ``inputs`` (which must require grad): a training
+    step that has its features reuses its own forward pass instead of running ``fn`` again."""
+    if num_projections < 1:
+        raise ValueError(f"num_projections must be >= 1, got {num_projections}")
+    batch = inputs.shape[0]
+    if outputs.shape[0] != batch:
+        raise ValueError(f"fn must keep the batch dimension {batch}, got {tuple(outputs.shape)}")
+    with torch.enable_grad():
+        out = outputs.reshape(batch, -1)
         if exact:
             eye = torch.eye(out.shape[1], dtype=out.dtype, device=out.device)
             cotangents = (eye[j].expand_as(out) for j in range(out.shape[1]))
             num_passes, divisor = out.shape[1], 1
         else:
-            cotangents = (
-                _random_cotangent(out, projection, generator) for _ in range(num_projections)
-            )
+            cotangents = (_random_cotangent(out, projection, generator) for _ in range(num_projections))
             num_passes, divisor = num_projections, num_projections
-
-        total = x.new_zeros(batch)
+        total = inputs.new_zeros(batch)
         for i, v in enumerate(cotangents):
             (grad,) = torch.autograd.grad(
                 out,
-                x,
+                inputs,
                 grad_outputs=v,
                 retain_graph=create_graph or i < num_passes - 1,
                 create_graph=create_graph,
@@ -123,7 +140,7 @@ def gc_penalty(
     generator: torch.Generator | None = None,
     projection: Projection = "rademacher",
 ) -> Tensor:
-    """Differentiable GC estimate to add to a loss as ``lam_gc * gc_penalty(fn, x)``.
+    """Differentiable GC estimate to add to a loss as ``gc_lambda * gc_penalty(fn, x)``.
 
     One projection per sample is usually enough for a regulariser: the estimate is unbiased, so
     its noise averages out over SGD steps like minibatch noise does. The cost is one extra
@@ -140,7 +157,7 @@ def gc_penalty(
 
 
 class GeometricComplexityRegularizer(nn.Module):
-    """``lam * gc_penalty(fn, inputs)`` as a module; keeps the last GC value in ``last_gc``.
+    """``gc_lambda * gc_penalty(fn, inputs)`` as a module; keeps the last GC value in ``last_gc``.
 
     ``fn`` is passed per call (rather than stored) because it usually closes over the current
     batch's non-differentiable arguments (attention masks and the like).
@@ -148,13 +165,13 @@ class GeometricComplexityRegularizer(nn.Module):
 
     def __init__(
         self,
-        lam: float = 0.01,
+        gc_lambda: float = 0.01,
         num_projections: int = 1,
         projection: Projection = "rademacher",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.lam = float(lam)
+        self.gc_lambda = float(gc_lambda)
         self.num_projections = num_projections
         self.projection: Projection = projection
         self.generator = generator
@@ -169,10 +186,10 @@ class GeometricComplexityRegularizer(nn.Module):
             projection=self.projection,
         )
         self.last_gc = float(gc.detach())
-        return self.lam * gc
+        return self.gc_lambda * gc
 
     def extra_repr(self) -> str:
         return (
-            f"lam={self.lam}, num_projections={self.num_projections}, "
+            f"gc_lambda={self.gc_lambda}, num_projections={self.num_projections}, "
             f"projection={self.projection}"
         )

@@ -2,7 +2,7 @@
 
 Li et al. find that the more a model's features collapse on the downstream training data, the
 better it transfers. :class:`CollapseLoss` turns that into a training target by adding
-``lam * collapse_penalty(z, y)`` to the cross-entropy, where ``z`` are the features the head sees.
+``collapse_lambda * collapse_penalty(z, y)`` to the cross-entropy, where ``z`` are the features the head sees.
 
 The penalty is ``tr(Σ_W) / tr(Σ_B)`` on the batch (definitions in :func:`collapse_penalty`). It is
 the trace-ratio cousin of NC1 = tr(Σ_W Σ_B^†)/K: no pseudo-inverse (cheap, smooth, stable under
@@ -53,16 +53,12 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+
 from torch import Tensor, nn
 
+from .distributed import world
+
 __all__ = ["collapse_penalty", "CollapseLoss"]
-
-
-def _dist_world_size() -> int:
-    """World size of the default process group, or 1 when torch.distributed is not in use."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
 
 
 def _all_reduce_with_grad(tensor: Tensor) -> Tensor:
@@ -144,7 +140,7 @@ def collapse_penalty(
         raise ValueError(f"features must be [B, d], got shape {tuple(features.shape)}")
     if labels.shape != features.shape[:1]:
         raise ValueError(f"labels must be [B]={features.shape[0]}, got shape {tuple(labels.shape)}")
-    world = _dist_world_size() if sync else 1
+    world_size = world()[1] if sync else 1
     dtype = torch.promote_types(features.dtype, torch.float32)
 
     keep = labels != ignore_index
@@ -154,7 +150,7 @@ def collapse_penalty(
     if num_classes is None:
         local_max = y.max() if y.numel() else torch.tensor(-1, device=y.device)
         k_max = local_max.reshape(1).clone()
-        if world > 1:
+        if world_size > 1:
             torch.distributed.all_reduce(k_max, op=torch.distributed.ReduceOp.MAX)
         num_classes = int(k_max.item()) + 1
     num_classes = max(num_classes, 0)
@@ -163,7 +159,7 @@ def collapse_penalty(
     # Shift per class (no grad): elementwise max over the class's samples, common to all ranks.
     shift = torch.full((num_classes, d), -math.inf, dtype=dtype, device=z.device)
     shift.scatter_reduce_(0, y[:, None].expand(-1, d), z.detach(), reduce="amax", include_self=True)
-    if world > 1:
+    if world_size > 1:
         torch.distributed.all_reduce(shift, op=torch.distributed.ReduceOp.MAX)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros((), dtype=dtype, device=z.device))
 
@@ -174,7 +170,7 @@ def collapse_penalty(
     sums = torch.zeros(num_classes, d, dtype=dtype, device=z.device).index_add(0, y, centred)
     sq = torch.zeros(num_classes, dtype=dtype, device=z.device)
     sq = sq.index_add(0, y, centred.pow(2).sum(1))
-    if world > 1:
+    if world_size > 1:
         torch.distributed.all_reduce(counts)  # no autograd needed: counts are constants
         sums = _all_reduce_with_grad(sums)
         sq = _all_reduce_with_grad(sq)
@@ -193,45 +189,57 @@ def collapse_penalty(
 
 
 class CollapseLoss(nn.Module):
-    """``F.cross_entropy(logits, labels) + lam * collapse_penalty(features, labels)``.
+    """``F.cross_entropy(logits, labels) + collapse_lambda * collapse_penalty(features, labels)``.
 
     ``features`` are the features the head saw for these ``logits`` (``z`` in the design). With
-    ``lam == 0`` the result is exactly ``F.cross_entropy`` (the penalty is not computed at all), so
+    ``collapse_lambda == 0`` the result is exactly ``F.cross_entropy`` (the penalty is not computed at all), so
     the loss is a drop-in for plain fine-tuning. Rows labelled ``-100`` are ignored by both terms.
 
+    ``num_items_in_batch`` (what transformers' Trainer passes under gradient accumulation): the cross-entropy is
+    then a sum over that many items and the penalty is weighted by this micro-batch's share of them, so the
+    optimised objective is the window's mean CE plus λ times the mean of the micro-batch penalties.
+
     After each call, ``self.last_parts`` holds the detached parts as Python floats,
-    ``{"ce": ..., "collapse_penalty": ...}``, for a Trainer callback to log; the penalty is
-    ``nan`` when ``lam == 0`` because it was not computed.
+    ``{"ce": ..., "collapse_penalty": ...}`` (``ce`` the micro-batch mean), for logging; the penalty is
+    ``nan`` when ``collapse_lambda == 0`` because it was not computed.
     """
 
     ignore_index: int = -100
 
     def __init__(
-        self, lam: float = 0.1, num_classes: int | None = None, label_smoothing: float = 0.0
+        self, collapse_lambda: float = 0.1, num_classes: int | None = None, label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        self.lam = float(lam)
+        if not collapse_lambda >= 0:  # also refuses NaN
+            raise ValueError(f"collapse_lambda must be >= 0, got {collapse_lambda}")
+        self.collapse_lambda = float(collapse_lambda)
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
         self.last_parts: dict[str, float] = {"ce": math.nan, "collapse_penalty": math.nan}
 
-    def forward(self, logits: Tensor, features: Tensor, labels: Tensor) -> Tensor:
-        ce = F.cross_entropy(
-            logits, labels, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
-        )
-        if self.lam == 0:
-            self.last_parts = {"ce": float(ce.detach()), "collapse_penalty": math.nan}
+    def forward(
+        self, logits: Tensor, features: Tensor | None, labels: Tensor, num_items_in_batch: Tensor | int | None = None
+    ) -> Tensor:
+        common = dict(ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
+        if num_items_in_batch is None:
+            ce = F.cross_entropy(logits, labels, **common)
+            mean_ce, share = ce, 1.0
+        else:
+            ce = F.cross_entropy(logits, labels, reduction="sum", **common) / num_items_in_batch
+            share = (labels != self.ignore_index).sum() / num_items_in_batch
+            with torch.no_grad():
+                mean_ce = F.cross_entropy(logits, labels, **common)
+        if self.collapse_lambda == 0:
+            self.last_parts = {"ce": float(mean_ce.detach()), "collapse_penalty": math.nan}
             return ce
-        penalty = collapse_penalty(
-            features, labels, self.num_classes, ignore_index=self.ignore_index
-        )
-        self.last_parts = {"ce": float(ce.detach()), "collapse_penalty": float(penalty.detach())}
-        return ce + self.lam * penalty
+        if features is None:
+            raise ValueError("collapse_lambda > 0 needs the head-input features of these logits")
+        penalty = collapse_penalty(features, labels, self.num_classes, ignore_index=self.ignore_index)
+        self.last_parts = {"ce": float(mean_ce.detach()), "collapse_penalty": float(penalty.detach())}
+        return ce + self.collapse_lambda * share * penalty
 
     def extra_repr(self) -> str:
         return (
-            f"lam={self.lam}, num_classes={self.num_classes}, "
+            f"collapse_lambda={self.collapse_lambda}, num_classes={self.num_classes}, "
             f"label_smoothing={self.label_smoothing}"
         )

@@ -45,6 +45,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .distributed import is_distributed
+
 __all__ = ["CollapseMetrics", "collapse_metrics"]
 
 _F64 = torch.float64
@@ -56,10 +58,6 @@ def _canonical_device(device: torch.device | str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-def _distributed(group: Any) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
 def _short_list(values: list[int], limit: int = 20) -> str:
@@ -284,12 +282,7 @@ class CollapseMetrics:
         every rank must call this, including ranks without data). Call ``nc4_update`` over the
         same data next. Raises if fewer than two classes are present.
         """
-        state = self._synced() if sync else self
-        if state._counts is None or int(state._counts.sum()) == 0:
-            raise ValueError("begin_nc4_pass needs the first-pass statistics; no samples were seen")
-        present = torch.nonzero(state._counts > 0).flatten()
-        if present.numel() < 2:
-            raise ValueError(_too_few_classes_message(present.numel(), self.num_classes))
+        state, present = self._state_and_present(sync, "begin_nc4_pass needs the first-pass statistics; no samples were seen")
         means = state._sums[present] / state._counts[present].to(_F64)[:, None]
         if self._width is None:
             self._width = means.shape[1]
@@ -385,7 +378,7 @@ class CollapseMetrics:
         (so ranks without data take part), then one all_reduce(SUM) of a flat float64 buffer
         [counts, squared norms, sums, Gram, NC4 counts]. Counts travel as float64, exact below 2^53.
         """
-        if not _distributed(self.process_group):
+        if not is_distributed(self.process_group):
             return self._copy()
         group, device = self.process_group, self._comm_device()
         k = self.num_classes
@@ -427,7 +420,17 @@ class CollapseMetrics:
         return out
 
     def _synced(self) -> CollapseMetrics:
-        return self.sync() if _distributed(self.process_group) else self
+        return self.sync() if is_distributed(self.process_group) else self
+
+    def _state_and_present(self, sync: bool, empty_message: str) -> tuple[CollapseMetrics, Tensor]:
+        """The (synced) statistics and the indices of the classes they saw; refuses no data or < 2 classes."""
+        state = self._synced() if sync else self
+        if state._counts is None or int(state._counts.sum()) == 0:
+            raise ValueError(empty_message)
+        present = torch.nonzero(state._counts > 0).flatten()
+        if present.numel() < 2:
+            raise ValueError(_too_few_classes_message(present.numel(), self.num_classes))
+        return state, present
 
     # --------------------------------------------------------------- compute
     def compute(self, head_weight: Tensor | None = None, sync: bool = True) -> dict[str, float]:
@@ -442,12 +445,7 @@ class CollapseMetrics:
         ``nc3`` with ``head_weight``, and ``nc4`` after an NC4 pass that saw samples.
         Raises ``ValueError`` with no samples or fewer than two present classes.
         """
-        state = self._synced() if sync else self
-        if state._counts is None or int(state._counts.sum()) == 0:
-            raise ValueError("no samples accumulated: call update() before compute()")
-        present = torch.nonzero(state._counts > 0).flatten()
-        if present.numel() < 2:
-            raise ValueError(_too_few_classes_message(present.numel(), self.num_classes))
+        state, present = self._state_and_present(sync, "no samples accumulated: call update() before compute()")
         if present.numel() < self.num_classes:
             absent = sorted(set(range(self.num_classes)) - set(present.tolist()))
             if tuple(absent) != self._warned_absent:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, default_data_collator
 
 from ..collapse.features import HeadInputs, iterate_features, shard_loader, unwrap
+from ..collapse.distributed import is_distributed
 from ..collapse.metrics import CollapseMetrics
 
 
@@ -99,7 +100,7 @@ def broadcast_buffers_from_rank_zero(model: torch.nn.Module) -> None:
     its trained BatchNorm statistics with its own batch. Measuring then would mix slightly different models;
     rank 0's is the one that gets saved.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return
     for buffer in unwrap(model).buffers():
         if buffer.is_floating_point():
@@ -114,18 +115,19 @@ def measure_collapse(
     *,
     nc4: bool = True,
 ) -> dict[str, float]:
-    """NC metrics of the head input over `loader` (summed over processes when distributed; collective then)."""
+    """NC metrics of the head input over `loader` (summed over processes when distributed; collective then).
+
+    NC4 needs the final class means, so it takes a second pass over `loader` (it must iterate the same data
+    twice): memory stays one batch of features, whatever the size of the evaluation set.
+    """
     model = unwrap(model)
     with HeadInputs(model, head_module) as capture:
         weight = capture.head_weight().detach()
         metrics = CollapseMetrics(num_classes or weight.shape[0], num_features=weight.shape[1])
-        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for features, logits, labels in iterate_features(model, loader, capture):
+        for features, _, labels in iterate_features(model, loader, capture):
             metrics.update(features, labels)
-            if nc4:
-                kept.append((features, logits))
-    if nc4:
-        metrics.begin_nc4_pass()
-        for features, logits in kept:
-            metrics.nc4_update(features, logits)
+        if nc4:  # a second pass against the frozen class means: memory stays bounded by one batch
+            metrics.begin_nc4_pass()
+            for features, logits, _ in iterate_features(model, loader, capture):
+                metrics.nc4_update(features, logits)
     return metrics.compute(head_weight=weight)

@@ -2,7 +2,7 @@
 
 Two ways in, the same loss:
 
-* `CollapseLossFunc(model, lam)` is a `compute_loss_func` for a plain `Trainer`: cross-entropy plus λ times the
+* `CollapseLossFunc(model, collapse_lambda)` is a `compute_loss_func` for a plain `Trainer`: cross-entropy plus λ times the
   within-class collapse penalty of the head input z, read from the same forward pass.
 * `CollapseTrainer(..., collapse_lambda=λ, gc_lambda=γ)` wires that in, logs the loss's parts (`ce`,
   `collapse_penalty`, `geometric_complexity`) next to `loss`, and adds the optional geometric-complexity
@@ -26,44 +26,44 @@ from torch import nn
 from transformers import Trainer
 
 from ..collapse.features import HeadInputs, logits_of
-from ..collapse.loss import collapse_penalty
+from ..collapse.geometric_complexity import gc_from_outputs
+from ..collapse.loss import CollapseLoss
 
 
 class CollapseLossFunc:
-    """`compute_loss_func` for `transformers.Trainer`: CE + λ·collapse_penalty(z, labels).
+    """`compute_loss_func` for `transformers.Trainer`: `CollapseLoss` of the logits and the head input z of the
+    same forward pass (captured by `HeadInputs` for as long as this object lives).
 
     Args:
         model: the model the Trainer trains (a PeftModel with a SkipCollapse adapter, or any supported
             classifier: the head input is then captured with a hook).
-        lam: λ; 0 gives exactly the cross-entropy.
+        collapse_lambda: λ; 0 gives exactly the cross-entropy.
         num_classes: K for the penalty (inferred from the labels when None).
         head_module: the head's name, for architectures not discovered automatically.
     """
 
     def __init__(
-        self, model: nn.Module, lam: float = 0.1, num_classes: Optional[int] = None, head_module: Optional[str] = None
+        self,
+        model: nn.Module,
+        collapse_lambda: float = 0.1,
+        num_classes: Optional[int] = None,
+        head_module: Optional[str] = None,
     ) -> None:
         self.capture = HeadInputs(model, head_module)
-        self.lam = lam
-        self.num_classes = num_classes
+        self.loss = CollapseLoss(collapse_lambda, num_classes)
         self._parts: dict[str, float] = {}
         self._count = 0
 
+    @property
+    def collapse_lambda(self) -> float:
+        return self.loss.collapse_lambda
+
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        logits = logits_of(outputs)
-        if num_items_in_batch is None:
-            ce = F.cross_entropy(logits, labels)
-            share = 1.0
-        else:
-            ce = F.cross_entropy(logits, labels, reduction="sum") / num_items_in_batch
-            share = (labels != -100).sum() / num_items_in_batch
-        if self.lam == 0:
-            return ce
-        penalty = collapse_penalty(self.capture.latest, labels, self.num_classes)
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                self._record(ce=float(F.cross_entropy(logits, labels)), collapse_penalty=float(penalty))
-        return ce + self.lam * share * penalty
+        features = self.capture.latest if self.loss.collapse_lambda else None
+        loss = self.loss(logits_of(outputs), features, labels, num_items_in_batch)
+        if torch.is_grad_enabled() and self.loss.collapse_lambda:
+            self._record(**self.loss.last_parts)
+        return loss
 
     def _record(self, **parts: float) -> None:
         self.add_to_step(**parts)
@@ -121,7 +121,7 @@ class CollapseTrainer(Trainer):
         x = inputs[name].detach().requires_grad_(True)
         result = super().compute_loss(model, {**inputs, name: x}, *args, **kwargs)
         loss = result[0] if isinstance(result, tuple) else result
-        gc = _gc_of_features(self.compute_loss_func.capture.latest, x, self.gc_projections)
+        gc = gc_from_outputs(self.compute_loss_func.capture.latest, x, self.gc_projections)
         self.compute_loss_func.add_to_step(geometric_complexity=float(gc.detach()))
         loss = loss + self.gc_lambda * gc
         return (loss, *result[1:]) if isinstance(result, tuple) else loss
@@ -130,13 +130,3 @@ class CollapseTrainer(Trainer):
         if "loss" in logs and isinstance(self.compute_loss_func, CollapseLossFunc):
             logs.update(self.compute_loss_func.pop_parts())
         super().log(logs, *args, **kwargs)
-
-
-def _gc_of_features(features: torch.Tensor, inputs: torch.Tensor, num_projections: int) -> torch.Tensor:
-    """GC of features already computed from `inputs` (reuses the training forward pass instead of a new one)."""
-    total = features.new_zeros(())
-    for _ in range(num_projections):
-        v = torch.randint(0, 2, features.shape, device=features.device).to(features.dtype) * 2 - 1
-        (vjp,) = torch.autograd.grad(features, inputs, grad_outputs=v, create_graph=True, retain_graph=True)
-        total = total + vjp.pow(2).flatten(1).sum(1).mean()
-    return total / num_projections

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from ..collapse.distributed import is_distributed, is_main_process
 from .methods import BLOCK_METHODS, METHODS
 
 PROTOCOL = 1  # bump when what a run computes changes: cached results of another protocol are never reused
@@ -160,17 +161,13 @@ class ResultCache:
         return json.loads(path.read_text()) if path.exists() else None
 
     def put(self, key: str, result: dict[str, Any]) -> None:
-        if _rank() == 0:
+        if is_main_process():
             write_atomic(self.directory / f"{key}.json", json.dumps(result, indent=2) + "\n")
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
 
 
 def _agreed(value: Any) -> Any:
     """Rank 0's `value` on every process (the cache decision must be the same everywhere)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return value
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
@@ -376,7 +373,7 @@ def search(
                 entry.update(source_layer=best_block["source_layer"], validation_accuracy=best_block["validation_accuracy"],
                              blocks={r["source_layer"]: r["validation_accuracy"] for r in swept})
             chosen[method] = entry
-            if experiment.path is not None and _rank() == 0:
+            if experiment.path is not None and is_main_process():
                 experiment.save()  # choices land in the file as they are made: a stopped search keeps them
     return experiment.chosen
 
