@@ -101,7 +101,7 @@ def test_recipe_in_two_processes_matches_one(tmp_path: Path) -> None:
     single = subprocess.run([sys.executable, recipe, *args, "--output-dir", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    assert "recommended SCL-FT source block" in single.stdout
+    assert "Recommended SCL-FT source block" in single.stdout
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     double = subprocess.run([*launcher, recipe, *args, "--output-dir", str(tmp_path / "two")],
                             env=env, capture_output=True, text=True, timeout=600)

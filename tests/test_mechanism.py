@@ -208,3 +208,19 @@ def test_a_wrapped_block_stays_a_drop_in_for_code_that_reads_its_attributes() ->
     assert isinstance(bypassed, SkipBypassLayer) and bypassed.layernorm_before is bypassed.base_layer.layernorm_before
     with pytest.raises(AttributeError, match="no_such_thing"):
         source.no_such_thing
+
+
+def test_a_swin_stage_as_source_measures_its_width_and_stays_a_drop_in() -> None:
+    from transformers import SwinConfig, SwinForImageClassification
+
+    config = SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2,
+                        num_labels=3)
+    pixels = torch.randn(2, 3, 32, 32)
+    stage = dict(source_layer="swin.encoder.layers.0", head_module="classifier", pooling="mean")
+    model = get_peft_model(SwinForImageClassification(config).eval(), SkipCollapseConfig(**stage))
+    assert model.peft_config["default"].source_dim == 32  # 2 x 16 after the stage's patch merging (a guess said 64)
+    with model.disable_adapter():  # the model code reads the wrapped stage's attributes (downsample)
+        assert model(pixel_values=pixels).logits.shape == (2, 3)
+    assert model(pixel_values=pixels).logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="source_dim=48, but 'swin.encoder.layers.0'.*gives 32"):
+        get_peft_model(SwinForImageClassification(config), SkipCollapseConfig(**stage, source_dim=48))

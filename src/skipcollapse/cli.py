@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
+from .collapse.distributed import world
 from .probe import LayerReport, probe_layers, rank_backbones
 from .zoo import Backbone, Task, add_data_arguments, load_backbone, task_from_args
 
@@ -63,7 +64,8 @@ def _probe_one(args: argparse.Namespace, task: Task, device: Any, is_main: bool,
         written = report.save(out, title=f"{args.model} on {args.dataset} (train split)")
         examples = max((r.num_examples for r in report.layers), default=0)
         print(f"{args.model} on {args.dataset}: {examples} training examples, {task.num_labels} classes, "
-              f"{report.pooling} pooling{' + ' + report.skip_norm if report.skip_norm else ''}")
+              f"{report.pooling} pooling{' + ' + report.skip_norm if report.skip_norm else ''}, "
+              f"{world()[1]} process(es)")
         print(report)
         chosen = report.recommended
         if chosen is not None:

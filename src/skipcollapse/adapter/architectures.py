@@ -12,7 +12,9 @@ import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+import torch
 
 from torch import nn
 
@@ -144,6 +146,61 @@ def block_names(model: nn.Module) -> list[str]:
     """The ordered block names of a supported model ([] for others): what `source_layer` indices refer to."""
     arch = discover(model)
     return arch.blocks if arch else []
+
+
+def example_inputs(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
+    """A tiny batch the model accepts, from what it says about its inputs (transformers configs, timm's
+    pretrained_cfg), or None when it says nothing."""
+    config = getattr(model, "config", None)
+    name = getattr(model, "main_input_name", None)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if name == "pixel_values" and config is not None and getattr(config, "image_size", None):
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        channels = getattr(config, "num_channels", 3)
+        return {"pixel_values": torch.zeros(2, channels, size, size, device=device, dtype=dtype)}
+    if name == "input_ids":
+        ids = torch.full((2, 8), 1, dtype=torch.long, device=device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    inner = getattr(model, "timm_model", model)
+    cfg = getattr(inner, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        channels, height, width = cfg["input_size"]
+        pixels = torch.zeros(2, channels, height, width, device=device, dtype=dtype)
+        return {"pixel_values": pixels} if inner is not model else {"x": pixels}
+    return None
+
+
+@torch.no_grad()
+def measure_output_width(model: nn.Module, source: str, pooling: str) -> Optional[int]:
+    """Width of `source`'s pooled output, measured by one forward pass of an example batch (eval mode, modes
+    restored), or None when the model gives no way to build an example. Measuring beats reading layer sizes off
+    the block: a stage that ends with a downsampling layer (Swin) reports the wrong width when guessed."""
+    inputs = example_inputs(model)
+    if inputs is None:
+        return None
+    seen: list[int] = []
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        from .layer import first_tensor, pool
+
+        seen.append(pool(first_tensor(output), pooling).shape[-1])
+
+    modes = {m: m.training for m in model.modules()}
+    handle = model.get_submodule(source).register_forward_hook(hook)
+    try:
+        model.eval()
+        if "x" in inputs:
+            model(inputs["x"])
+        else:
+            model(**inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError):  # the example was rejected: read sizes instead
+        return None
+    finally:
+        handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return seen[0] if seen else None
 
 
 def infer_output_width(module: nn.Module) -> Optional[int]:

@@ -236,6 +236,11 @@ class SkipSourceLayer(SkipCollapseLayer):
         skip = pool(first_tensor(output), self.pooling[adapter])
         for norm in self._skip_norm:
             skip = norm(skip)
+        if isinstance(proj, nn.Linear) and skip.shape[-1] != proj.in_features:
+            raise ValueError(
+                f"the source block's pooled output has {skip.shape[-1]} features but adapter {adapter!r} was built "
+                f"for source_dim={proj.in_features}; create the adapter with source_dim={skip.shape[-1]} (or unset)"
+            )
         skip = proj(_cast(skip, _dtype_of(proj)))
         if self.fusion[adapter] == "replace":
             scope.skip, scope.source_output, scope.replaced = skip, output, True

@@ -17,7 +17,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from .architectures import Architecture, candidates_message, discover, infer_output_width
+from .architectures import Architecture, candidates_message, discover, infer_output_width, measure_output_width
 from .config import SkipCollapseConfig
 from .layer import (
     NO_MERGE,
@@ -244,9 +244,15 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
     if config.skip_norm:
         _require_module(model, config.skip_norm, "skip_norm", blocks)
 
+    measured = None if arch and arch.hidden_size else measure_output_width(model, source, config.pooling)
+    if config.source_dim is not None and measured is not None and config.source_dim != measured:
+        raise ValueError(
+            f"source_dim={config.source_dim}, but {source!r} with pooling={config.pooling!r} gives {measured} "
+            f"features (measured with an example batch); set source_dim={measured} or leave it unset"
+        )
     if config.source_dim is None:
         known = arch.hidden_size if arch else None
-        config.source_dim = known or infer_output_width(_base(model.get_submodule(source)))
+        config.source_dim = known or measured or infer_output_width(_base(model.get_submodule(source)))
         if config.source_dim is None:
             raise ValueError(
                 f"cannot infer the width of {source!r}'s pooled output; set SkipCollapseConfig(source_dim=...)"
