@@ -37,17 +37,19 @@ from skipcollapse.zoo.experiments import (
     summarise,
     write_atomic,
 )
+from skipcollapse.zoo import HelpFormatter
 from skipcollapse.zoo.methods import METHODS
+from skipcollapse.zoo.names import main_with_clean_errors
 
 RECIPES = Path(__file__).resolve().parent
 DEFAULT_EXPERIMENT = RECIPES / "experiments" / "efficientnet_lite0-digits.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--experiment", default=str(DEFAULT_EXPERIMENT), help="experiment file (setting, search space, choices)")
     p.add_argument("--search", action="store_true", help="tune every method on validation first (cached, resumable)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to run")
     p.add_argument("--shots", nargs="+", default=["full", "10"], help="'full' and/or k examples per class")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the test runs (k-shot draw and init)")
     p.add_argument("--output-dir", default="runs/compare", help="where the table, CSV/JSON and plots go")
@@ -191,4 +193,4 @@ def plot(table: list[dict], directory: Path, title: str) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(main_with_clean_errors(main))

@@ -5,7 +5,7 @@
     accelerate launch --multi_gpu --num_processes 2 recipes/probe_layers.py   # each process probes its shard
 
 The same as the `skipcollapse probe` command (this script only calls it), kept here so the recipes folder
-holds every step: probe -> finetune -> compare. Writes layers.csv, layers.json and layers.png to --output-dir.
+holds every step: probe -> finetune -> compare. Writes probe.csv, probe.json and probe.png to --output-dir.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,3 +39,39 @@ def test_finetune_text_with_nc_callback_and_collapse_loss(tmp_path) -> None:
     assert json.loads((out / "result.json").read_text())["test_accuracy"] == result["test_accuracy"]
     reloaded = PeftModel.from_pretrained(load_backbone("minilm", 4).model, out)
     assert reloaded.peft_config["default"].source_layer == "bert.encoder.layer.3"
+
+
+RECIPE_COMMANDS = {
+    "finetune": [sys.executable, str(RECIPES / "finetune.py")],
+    "compare": [sys.executable, str(RECIPES / "compare.py")],
+    "probe": [sys.executable, "-m", "skipcollapse.cli", "probe"],
+}
+
+
+@pytest.mark.parametrize("tool", list(RECIPE_COMMANDS))
+def test_help_shows_the_shared_defaults(tool: str) -> None:
+    done = subprocess.run([*RECIPE_COMMANDS[tool], "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "(default:" in text
+    if tool != "compare":
+        assert "(default: 32)" in text and "(default: efficientnet_lite0)" in text  # one image size everywhere
+
+
+@pytest.mark.parametrize("tool", ["finetune", "probe"])
+@pytest.mark.parametrize("flag,name,listed", [("--model", "resnet-50", "efficientnet_lite0, minilm"),
+                                              ("--dataset", "mnist", "digits, tiny-text")])
+def test_wrong_names_offline_fail_at_once_with_the_choices(tool: str, flag: str, name: str, listed: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    done = subprocess.run([*RECIPE_COMMANDS[tool], flag, name, "--output-dir", os.devnull + "-unused"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 2 and listed in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert elapsed < 60, f"{elapsed:.0f} s: the name must be refused before any retries"
+
+
+def test_name_variants_are_recognised() -> None:
+    from skipcollapse.zoo.names import resolve_backbone, resolve_task
+
+    assert resolve_backbone("EfficientNet-Lite0") == "efficientnet_lite0" and resolve_task("tiny_text") == "tiny-text"

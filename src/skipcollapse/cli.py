@@ -5,7 +5,7 @@ downstream task (the paper's score: collapse on downstream training data predict
 block to fine-tune with SCL-FT; with ``--models a,b,c`` it ranks backbones by the collapse of their head
 inputs next to H-score and LogME instead::
 
-    skipcollapse probe --model efficientnet_lite0 --dataset digits --image-size 64 --output-dir runs/probe
+    skipcollapse probe --model efficientnet_lite0 --dataset digits --output-dir runs/probe
     skipcollapse probe --models efficientnet_lite0,timm:resnet18 --dataset digits --output-dir runs/rank
 
 Models and tasks are resolved by `skipcollapse.zoo` (offline embedded names, ``timm:<name>``, hub ids or local
@@ -23,26 +23,32 @@ from typing import Any, Optional, Sequence
 
 from .collapse.distributed import world
 from .probe import LayerReport, probe_layers, rank_backbones
-from .zoo import Backbone, Task, add_data_arguments, load_backbone, task_from_args
+from .zoo import Backbone, HelpFormatter, Task, add_data_arguments, load_backbone, task_from_args
+from .zoo.names import UnknownNameError, resolve_backbone
 
 RANKING_COLUMNS = ("name", "width", "num_examples", "nc1", "cdnv", "h_score", "logme",
                    "rank_nc1", "rank_cdnv", "rank_h_score", "rank_logme")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skipcollapse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="skipcollapse", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    probe = commands.add_parser("probe", help="neural collapse per block (or per backbone) on downstream training data")
-    add_data_arguments(probe, image_size=None)
+    probe = commands.add_parser(
+        "probe", help="neural collapse per block (or per backbone) on downstream training data",
+        description="Measure neural collapse (NC1, CDNV, H-score, LogME) of every block's pooled features on the "
+        "training split of a task, in one forward pass per batch, and recommend the block to fine-tune with SCL-FT "
+        "(--models a,b,c ranks backbones instead). Writes CSV/JSON/PNG to --output-dir.",
+        formatter_class=HelpFormatter,
+    )
+    add_data_arguments(probe)
     probe.add_argument("--models", default=None, help="comma-separated backbones to rank (instead of probing one model's blocks)")
     probe.add_argument("--max-examples", type=int, default=None, help="probe a seeded random subset of this many examples")
-    probe.add_argument("--batch-size", type=int, default=32)
+    probe.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
     probe.add_argument("--layers", default=None, help="comma-separated module names to probe (default: every block)")
     probe.add_argument("--no-scores", action="store_true",
                        help="skip H-score and LogME per block (they keep the pooled features in memory)")
     probe.add_argument("--no-progress", action="store_true", help="no progress bar")
-    probe.add_argument("--output-dir", default="runs/probe")
+    probe.add_argument("--output-dir", default="runs/probe", help="where probe.csv/json/png go")
     return parser
 
 
@@ -118,7 +124,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Initialises torch.distributed when started by accelerate/torchrun. Without a GPU, accelerate only sets up
     # its multi-CPU (gloo) mode when told it runs on the CPU.
     state = PartialState(cpu=not torch.cuda.is_available())
-    task = task_from_args(args)
+    try:
+        for name in (args.models.split(",") if args.models else [args.model]):
+            resolve_backbone(name.strip())  # every name checked before any data or weights load
+        task = task_from_args(args)
+    except UnknownNameError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     out = Path(args.output_dir)
     if args.models:
         _rank(args, task, state.device, state.is_main_process, out)

@@ -14,8 +14,8 @@ from torch import nn
 
 from ..integrations.timm import TimmImageClassifier
 from . import pretrained
+from .names import EMBEDDED_BACKBONES, resolve_backbone  # noqa: F401  (re-exported)
 
-EMBEDDED_BACKBONES = ("efficientnet_lite0", "minilm")
 
 
 @dataclass
@@ -38,7 +38,11 @@ class Backbone:
 
 
 def load_backbone(name: str, num_labels: int, image_size: Optional[int] = None) -> Backbone:
-    """`efficientnet_lite0`, `minilm`, `timm:<name>`, or a transformers model id / local path."""
+    """`efficientnet_lite0`, `minilm`, `timm:<name>`, or a transformers model id / local path.
+
+    Offline, other names fail at once with the choices listed (`skipcollapse.zoo.names`).
+    """
+    name = resolve_backbone(name)
     if name == "efficientnet_lite0":
         model = TimmImageClassifier(pretrained.efficientnet_lite0(num_classes=num_labels))
         mean, std = pretrained.efficientnet_lite0_transform_stats()

@@ -8,6 +8,7 @@ the backbone expects. Embedded names: `digits` (scikit-learn's handwritten digit
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
 
@@ -16,9 +17,14 @@ from torch.utils.data import Dataset
 
 from . import data as embedded_data
 from .backbones import Backbone
+from .names import EMBEDDED_TASKS, resolve_task  # noqa: F401  (re-exported)
 
-EMBEDDED_TASKS = ("digits", "tiny-text")
 VALIDATION_PER_CLASS = 20  # held out of the training pool for model selection, the same for every seed
+DEFAULT_IMAGE_SIZE = 32  # the one input size of the demo, the fine-tune recipe and the probe (digits are 8x8)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help of the recipes and the CLI: the module docstring as written, and every option's default."""
 
 
 class Splits(NamedTuple):
@@ -111,6 +117,7 @@ def load_task(
     """
     if validation_per_class < 0:
         raise ValueError(f"validation_per_class must be >= 0, got {validation_per_class}")
+    name = resolve_task(name)
     if name == "digits":
         images, labels = embedded_data.load_digits_images(image_size=8)
         train_idx, test_idx = embedded_data.train_test_split_stratified(labels, test_fraction=0.3, seed=split_seed)
@@ -138,15 +145,16 @@ def _keep(task: Task, index: torch.Tensor) -> None:
     task.train_labels = task.train_labels[index]
 
 
-def add_data_arguments(parser: Any, image_size: Optional[int] = 64) -> None:
+def add_data_arguments(parser: Any, image_size: Optional[int] = DEFAULT_IMAGE_SIZE) -> None:
     """The backbone and data options every recipe and the CLI share (`task_from_args` reads them back)."""
-    parser.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0, minilm, timm:<name>, or a hub id/path")
-    parser.add_argument("--dataset", default="digits", help="digits, tiny-text, or a datasets name/path")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--model", default="efficientnet_lite0",
+                        help="efficientnet_lite0, minilm (offline), timm:<name>, or a hub id / local path")
+    parser.add_argument("--dataset", default="digits", help="digits, tiny-text (offline), or a datasets name / local path")
+    parser.add_argument("--image-column", default="image", help="column of a datasets task that holds the images")
+    parser.add_argument("--text-column", default="text", help="column that holds the texts")
+    parser.add_argument("--label-column", default="label", help="column that holds the class ids")
+    parser.add_argument("--train-split", default="train", help="split to train on")
+    parser.add_argument("--test-split", default="test", help="split read once for the final test")
     parser.add_argument("--image-size", type=int, default=image_size, help="input resolution for image backbones")
     parser.add_argument("--k-shot", type=int, default=None, help="keep k training examples per class (seeded)")
     parser.add_argument("--validation-per-class", type=int, default=VALIDATION_PER_CLASS,
