@@ -1,4 +1,5 @@
 # One entry point for people and CI. `make test` and `make demo` set up .venv on a fresh machine by themselves.
+# Options for a recipe or the CLI go in ARGS: `make probe ARGS="--model minilm --dataset tiny-text"`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,13 +30,13 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]  # 5: no slow test selected
 
 demo: setup
-	$(BIN)/python recipes/compare.py
+	$(BIN)/python recipes/compare.py $(ARGS)
 
 finetune: setup
-	$(BIN)/python recipes/finetune.py
+	$(BIN)/python recipes/finetune.py $(ARGS)
 
 probe: setup
-	$(BIN)/skipcollapse probe --output-dir runs/probe
+	$(BIN)/skipcollapse probe $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

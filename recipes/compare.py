@@ -35,8 +35,8 @@ from skipcollapse.zoo.experiments import (
     paired,
     search,
     summarise,
-    write_atomic,
 )
+from skipcollapse._io import atomic_path, check_writable_folder, write_atomic
 from skipcollapse.zoo import HelpFormatter
 from skipcollapse.zoo.methods import METHODS
 from skipcollapse.zoo.names import main_with_clean_errors
@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="runs/compare", help="where the table, CSV/JSON and plots go")
     p.add_argument("--cache-dir", default="runs/compare-cache", help="finished runs, one JSON file per configuration")
     args = p.parse_args(argv)
+    for folder, option in ((args.output_dir, "--output-dir"), (args.cache_dir, "--cache-dir")):
+        try:
+            check_writable_folder(folder, option)  # before any training, not after it
+        except ValueError as error:
+            p.error(str(error))
     for shots in args.shots:
         if shots != "full" and not (shots.isdigit() and int(shots) > 0):
             p.error(f"--shots takes 'full' or a positive number of examples per class, got {shots!r}")
@@ -184,9 +189,8 @@ def plot(table: list[dict], directory: Path, title: str) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = directory / name
-        tmp = path.with_name(f".{name}.tmp.png")
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
         written.append(path)
     return written

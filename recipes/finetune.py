@@ -31,6 +31,7 @@ from transformers import Trainer, TrainingArguments
 
 from skipcollapse import CollapseTrainer, NeuralCollapseCallback, SkipCollapseConfig
 from skipcollapse.zoo import HelpFormatter, add_data_arguments, load_backbone, task_from_args
+from skipcollapse._io import check_writable_folder
 from skipcollapse.zoo.names import main_with_clean_errors
 
 
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1 or (args.epochs is not None and args.epochs <= 0) or args.batch_size < 1 or args.lr <= 0:
         p.error("--steps, --epochs, --batch-size and --lr must be positive")
+    if args.image_size is not None and args.image_size < 1:
+        p.error(f"--image-size must be a positive integer, got {args.image_size}")
+    try:
+        check_writable_folder(args.output_dir)
+    except ValueError as error:
+        p.error(str(error))
     return args
 
 

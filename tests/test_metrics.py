@@ -371,13 +371,13 @@ def test_features_requiring_grad_are_detached():
 
 def test_degenerate_geometry():
     y = torch.tensor([0, 0, 1, 1])
-    with pytest.raises(ValueError, match="all class means coincide"):
+    with pytest.raises(ValueError, match="the means of classes 0 and 1 coincide"):
         collapse_metrics(torch.ones(4, 3), y, 2)
     with pytest.raises(ValueError, match=r"head_weight must have shape \[2, 3\]"):
         collapse_metrics(torch.randn(4, 3), y, 2, head_weight=torch.randn(3, 2))
     z = torch.tensor([[0.0, 1.0], [0.0, -1.0], [5.0, 1.0], [5.0, -1.0], [5.0, 0.0], [5.0, 0.0]])
-    got = collapse_metrics(z, torch.tensor([0, 0, 1, 1, 2, 2]), 3)  # classes 1 and 2 share a mean
-    assert got["cdnv"] == math.inf
+    with pytest.raises(ValueError, match="the means of classes 1 and 2 coincide"):  # an error, not cdnv = inf
+        collapse_metrics(z, torch.tensor([0, 0, 1, 1, 2, 2]), 3)
 
 
 def test_nc1_ignores_the_rounding_direction_of_the_centred_means() -> None:
@@ -391,3 +391,50 @@ def test_nc1_ignores_the_rounding_direction_of_the_centred_means() -> None:
     expected = reference_metrics(z, labels, 4)["nc1"]
     assert got == pytest.approx(expected, rel=1e-6)
     assert got < 10
+
+
+def _two_pass_reference(z: torch.Tensor, y: torch.Tensor, k: int) -> dict[str, float]:
+    """NC1 and CDNV by the textbook two-pass definitions in float64 (means first, then deviations)."""
+    z = z.double()
+    means = torch.stack([z[y == c].mean(0) for c in range(k)])
+    centred = means - z.mean(0)
+    within = sum((z[y == c] - means[c]).T @ (z[y == c] - means[c]) for c in range(k)) / len(z)
+    between = centred.T @ centred / k
+    nc1 = float(torch.trace(within @ torch.linalg.pinv(between, hermitian=True)) / k)
+    var = torch.stack([(z[y == c] - means[c]).square().sum(1).mean() for c in range(k)])
+    pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
+    cdnv = sum(float((var[i] + var[j]) / (2 * (means[i] - means[j]).square().sum())) for i, j in pairs) / len(pairs)
+    return {"nc1": nc1, "cdnv": cdnv}
+
+
+@pytest.mark.parametrize("offset", [1e7, 1e8])
+def test_a_large_common_offset_costs_no_precision(offset: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    k, d, per = 4, 6, 50
+    y = torch.arange(k).repeat_interleave(per)
+    z = torch.randn(k, d, generator=g, dtype=torch.float64)[y] + 0.3 * torch.randn(k * per, d, generator=g, dtype=torch.float64)
+    reference = _two_pass_reference(z, y, k)
+    metric = CollapseMetrics(k)
+    for part in torch.split(torch.arange(len(y)), 37):  # batch by batch
+        metric.update(z[part] + offset, y[part])
+    got = metric.compute()
+    for key in ("nc1", "cdnv"):
+        assert got[key] == pytest.approx(reference[key], rel=1e-6), key
+
+
+def test_cdnv_of_close_class_means_is_computed_from_differences() -> None:
+    g = torch.Generator().manual_seed(1)
+    y = torch.tensor([0] * 20 + [1] * 20 + [2] * 20)
+    # two means 1e-4 apart at distance 1e3 from the origin: ‖a‖² + ‖b‖² − 2a·b keeps 1e6·1e-16 of 1e-8 (1%)
+    centres = torch.tensor([[1e3, 0.0], [1e3 + 1e-4, 0.0], [0.0, 1e3]], dtype=torch.float64)
+    z = centres[y] + 1e-5 * torch.randn(60, 2, generator=g, dtype=torch.float64)
+    assert collapse_metrics(z, y, 3)["cdnv"] == pytest.approx(_two_pass_reference(z, y, 3)["cdnv"], rel=1e-6)
+
+
+def test_nearly_coinciding_means_name_the_classes_and_nan_heads_are_refused() -> None:
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    z = torch.tensor([[0.0, 1.0], [0.0, -1.0], [5.0, 1.0], [5.0, -1.0], [5.0, 1e-9], [5.0, -1e-9 + 1e-12]])
+    with pytest.raises(ValueError, match="classes 1 and 2 coincide"):
+        collapse_metrics(z.double(), y, 3)
+    with pytest.raises(ValueError, match="head_weight contains NaN"):
+        collapse_metrics(torch.randn(6, 3), y, 3, head_weight=torch.full((3, 3), float("nan")))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
+from ._io import check_writable_folder
 from .collapse.distributed import world
 from .probe import LayerReport, probe_layers, rank_backbones
 from .zoo import Backbone, HelpFormatter, Task, add_data_arguments, load_backbone, task_from_args
@@ -117,7 +118,16 @@ def _ranking_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``skipcollapse`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for option in ("image_size", "batch_size", "max_examples"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
+    try:
+        check_writable_folder(args.output_dir)
+    except ValueError as error:
+        parser.error(str(error))
     import torch
     from accelerate import PartialState
 

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from ._io import atomic_path, write_atomic
 from .adapter.architectures import Architecture, candidates_message, discover
 from .collapse.distributed import is_distributed, world
 from .collapse.features import HeadInputs, base_model, model_inputs, shard_loader, unwrap
@@ -143,9 +144,8 @@ class LayerReport:
 
     def to_csv(self, path: Union[str, Path]) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = self.to_rows()
-        with path.open("w", newline="") as handle:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(LayerRow)] + ["recommended"])
             writer.writeheader()
             writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
@@ -154,7 +154,6 @@ class LayerReport:
     def to_json(self, path: Union[str, Path]) -> Path:
         """Strict JSON: non-finite numbers (a block that did not run, coinciding means) are written as null."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         chosen = self.recommended
         payload = {
             "num_classes": self.num_classes,
@@ -165,8 +164,7 @@ class LayerReport:
             "notes": self.notes,
             "layers": [{k: _json_number(v) for k, v in row.items()} for row in self.to_rows()],
         }
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-        return path
+        return write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
     def plot(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
         """NC1 and CDNV per block on a log scale, the recommended block marked; written with the Agg canvas
@@ -175,7 +173,6 @@ class LayerReport:
         from matplotlib.figure import Figure
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig = Figure(figsize=(max(6.0, 0.35 * len(self.layers) + 3), 4.0), layout="tight")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
@@ -194,17 +191,24 @@ class LayerReport:
         ax.set_title(title or f"Neural collapse per block ({self.pooling} pooling)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
-        fig.savefig(path, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         return path
 
     def save(self, directory: Union[str, Path], title: Optional[str] = None) -> list[Path]:
-        """Write probe.csv, probe.json and probe.png into `directory`; returns their paths."""
+        """Write probe.csv, probe.json and probe.png into `directory`; returns their paths.
+
+        The three are written to temporary files first and renamed together at the end, so an interrupted save
+        leaves the previous set (or none), never a new CSV beside an empty JSON and an old PNG.
+        """
         directory = Path(directory)
-        return [
-            self.to_csv(directory / "probe.csv"),
-            self.to_json(directory / "probe.json"),
-            self.plot(directory / "probe.png", title=title),
-        ]
+        names = ("probe.csv", "probe.json", "probe.png")
+        with atomic_path(directory / names[0]) as csv_tmp, atomic_path(directory / names[1]) as json_tmp, \
+                atomic_path(directory / names[2]) as png_tmp:
+            self.to_csv(csv_tmp)
+            self.to_json(json_tmp)
+            self.plot(png_tmp, title=title)
+        return [directory / name for name in names]
 
     def __str__(self) -> str:
         with_scores = any(r.h_score is not None or r.logme is not None for r in self.layers)

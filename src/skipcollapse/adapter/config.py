@@ -112,6 +112,10 @@ class SkipCollapseConfig(PeftConfig):
             )
         },
     )
+    num_classes: Optional[int] = field(
+        default=None,
+        metadata={"help": "Outputs of the head the adapter was trained with; set at injection, checked when loading."},
+    )
     base_model_class: Optional[str] = field(
         default=None,
         metadata={
@@ -134,10 +138,21 @@ class SkipCollapseConfig(PeftConfig):
             raise TypeError(
                 f"source_layer must be a module name (str), a block index (int) or None, got {self.source_layer!r}"
             )
-        if self.source_dim is not None and self.source_dim <= 0:
-            raise ValueError(f"source_dim must be a positive width, got {self.source_dim}")
+        if self.source_dim is not None and (
+            isinstance(self.source_dim, bool) or not isinstance(self.source_dim, int) or self.source_dim <= 0
+        ):
+            raise ValueError(f"source_dim must be a positive integer width (or None to measure it), got {self.source_dim!r}")
+        for name in ("skip_norm", "head_module", "base_model_class"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a module name (str) or None, got {value!r}")
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]  # one name, not its characters
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
+            bad = [m for m in self.modules_to_save if not isinstance(m, str) or not m]
+            if bad:
+                raise TypeError(f"modules_to_save must be module names (str), got {bad}")
 
     @property
     def target_modules(self) -> Optional[list[str]]:

@@ -244,7 +244,12 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
     if config.skip_norm:
         _require_module(model, config.skip_norm, "skip_norm", blocks)
 
+    loading = config.base_model_class is not None  # a resolved config: an adapter being loaded or re-applied
+    if loading:
+        _check_loaded_widths(config, model, arch, head)
     measured = None if arch and arch.hidden_size else measure_output_width(model, source, config.pooling)
+    if loading and config.source_dim is not None and measured is not None and config.source_dim != measured:
+        raise ValueError(_loading_mismatch(config, f"{source!r} gives {config.source_dim} features", f"{measured}"))
     if config.source_dim is not None and measured is not None and config.source_dim != measured:
         raise ValueError(
             f"source_dim={config.source_dim}, but {source!r} with pooling={config.pooling!r} gives {measured} "
@@ -268,6 +273,31 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
         )
     config.modules_to_save = _modules_to_save(config, model, arch)
     config.base_model_class = model_class
+    config.num_classes = head.out_features
+
+
+def _loading_mismatch(config: SkipCollapseConfig, trained: str, here: str) -> str:
+    return (
+        f"this SkipCollapse adapter was trained on a {config.base_model_class} where {trained}; this model has "
+        f"{here}. Load the adapter onto the base model it was trained on (same checkpoint and hidden size), or "
+        "train a new adapter for this model"
+    )
+
+
+def _check_loaded_widths(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture], head: nn.Linear):
+    """A saved adapter meets the base it is loaded onto: say which size differs and what to do, before peft's
+    raw size-mismatch errors."""
+    if config.num_classes is not None and head.out_features != config.num_classes:
+        raise ValueError(
+            f"this SkipCollapse adapter was trained for {config.num_classes} classes, but the head "
+            f"{config.head_module!r} of this model has {head.out_features} outputs; load the base model with "
+            f"num_labels={config.num_classes} (e.g. AutoModelFor...Classification.from_pretrained(name, "
+            f"num_labels={config.num_classes}, ignore_mismatched_sizes=True)) before PeftModel.from_pretrained"
+        )
+    known = arch.hidden_size if arch else None
+    if known is not None and config.source_dim is not None and known != config.source_dim:
+        raise ValueError(_loading_mismatch(config, f"the source block gives {config.source_dim} features",
+                                           f"hidden size {known}"))
 
 
 def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture]):

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 
 from torch import Tensor, nn
 
+from .checks import check_finite, check_labels
 from .distributed import world
 
 __all__ = ["collapse_penalty", "CollapseLoss"]
@@ -138,6 +139,8 @@ def collapse_penalty(
     """
     if features.dim() != 2:
         raise ValueError(f"features must be [B, d], got shape {tuple(features.shape)}")
+    labels = check_labels(labels, features.shape[0], num_classes, ignore_index)
+    check_finite(features)
     if labels.shape != features.shape[:1]:
         raise ValueError(f"labels must be [B]={features.shape[0]}, got shape {tuple(labels.shape)}")
     world_size = world()[1] if sync else 1

@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .checks import check_labels, short_list
 from .distributed import is_distributed
 
 __all__ = ["CollapseMetrics", "collapse_metrics"]
@@ -58,11 +59,6 @@ def _canonical_device(device: torch.device | str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-def _short_list(values: list[int], limit: int = 20) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
-    return f"[{shown}{', ...' if len(values) > limit else ''}] ({len(values)} in total)"
 
 
 class CollapseMetrics:
@@ -141,6 +137,11 @@ class CollapseMetrics:
         self._sq_norms: Tensor | None = None  # [K] float64, Σ_{i∈k} ‖z_i‖²
         self._sums: Tensor | None = None  # [K, d] float64
         self._gram: Tensor | None = None  # [d, d] float64, ZᵀZ
+        # Every statistic is of z − r_y, r_k being class k's mean in the first batch that held class k: an offset
+        # common to the features, or class means far from the origin, then cost no precision (the Gram form
+        # ‖z‖² − ‖μ‖² would otherwise cancel them away). NC metrics do not depend on the shifts; statistics with
+        # different shifts are rebased (exact algebra) before they are added.
+        self._shift: Tensor | None = None  # [K, d] float64, r_k (zero until class k is seen)
         self._device: torch.device | None = self._fixed_device
         self._width: int | None = self._num_features
         self._logits_seen = False
@@ -160,6 +161,7 @@ class CollapseMetrics:
         self._sq_norms = torch.zeros(k, dtype=_F64, device=device)
         self._sums = torch.zeros(k, width, dtype=_F64, device=device)
         self._gram = torch.zeros(width, width, dtype=_F64, device=device)
+        self._shift = torch.zeros(k, width, dtype=_F64, device=device)
 
     @property
     def num_features(self) -> int | None:
@@ -216,20 +218,7 @@ class CollapseMetrics:
             )
 
     def _check_labels(self, labels: Tensor, n: int) -> Tensor:
-        if not isinstance(labels, Tensor) or labels.dim() != 1:
-            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"labels must be a 1-D tensor [N], got {shape}")
-        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"labels must have an integer dtype, got {labels.dtype}")
-        self._check_rows(labels, n, "labels")
-        bad = (labels < 0) | (labels >= self.num_classes)
-        if bool(bad.any()):
-            values = sorted(set(labels[bad].tolist()))
-            raise ValueError(
-                f"labels must be integers in [0, {self.num_classes}); "
-                f"got out-of-range values {_short_list(values, 10)}"
-            )
-        return labels.long()
+        return check_labels(labels, n, self.num_classes)
 
     def _check_logits(self, logits: Tensor, n: int) -> None:
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] != self.num_classes:
@@ -261,15 +250,21 @@ class CollapseMetrics:
         if n == 0:
             return
         z = features.detach().to(_F64)
-        row_sq_norms = torch.linalg.vector_norm(z, dim=1).square_()
-        self._check_finite(row_sq_norms)
+        self._check_finite(torch.linalg.vector_norm(z, dim=1))
         labels = labels.to(z.device)
         if self._counts is None:
             self._allocate(z.shape[1], _canonical_device(z.device))
+        batch_counts = torch.bincount(labels, minlength=self.num_classes)
+        new = (batch_counts > 0) & (self._counts == 0)
+        if bool(new.any()):
+            batch_sums = torch.zeros_like(self._sums).index_add_(0, labels, z)
+            self._shift[new] = batch_sums[new] / batch_counts[new, None].to(_F64)
+        z = z - self._shift[labels]
+        row_sq_norms = torch.linalg.vector_norm(z, dim=1).square_()
         self._gram.addmm_(z.T, z)
         self._sums.index_add_(0, labels, z)
         self._sq_norms.index_add_(0, labels, row_sq_norms)
-        self._counts += torch.bincount(labels, minlength=self.num_classes)
+        self._counts += batch_counts
         if logits is not None:
             self._logits_seen = True
 
@@ -283,13 +278,17 @@ class CollapseMetrics:
         same data next. Raises if fewer than two classes are present.
         """
         state, present = self._state_and_present(sync, "begin_nc4_pass needs the first-pass statistics; no samples were seen")
-        means = state._sums[present] / state._counts[present].to(_F64)[:, None]
+        n = state._counts[present].to(_F64)
+        means = state._shift[present] + state._sums[present] / n[:, None]
+        centre = (means * n[:, None]).sum(dim=0) / n.sum()
+        means = means - centre  # distances to the means are taken about the global mean: no offset to cancel
         if self._width is None:
             self._width = means.shape[1]
         if self._device is None:
             self._device = means.device
         means = means.to(self._device)
         self._nc4_classes = present.to(self._device)
+        self._nc4_shift = centre.to(self._device)
         self._nc4_means = means
         self._nc4_mean_sq = means.square().sum(dim=1)
         self._nc4_disagree = torch.zeros((), dtype=torch.int64, device=self._device)
@@ -313,6 +312,7 @@ class CollapseMetrics:
         z = features.detach().to(_F64)
         self._check_finite(torch.linalg.vector_norm(z, dim=1))
         self._check_finite(torch.linalg.vector_norm(logits.detach().to(_F64), dim=1), "logits")
+        z = z - self._nc4_shift  # the frozen means are about the global mean
         scores = torch.addmm(self._nc4_mean_sq, z, self._nc4_means.T, beta=-1.0, alpha=2.0)
         ncc = self._nc4_classes[scores.argmax(dim=1)]
         head = logits.detach().argmax(dim=1).to(ncc.device)
@@ -323,7 +323,7 @@ class CollapseMetrics:
     def _copy(self) -> CollapseMetrics:
         out = CollapseMetrics.__new__(CollapseMetrics)
         out.__dict__.update(self.__dict__)
-        for name in ("_counts", "_sq_norms", "_sums", "_gram", "_nc4_disagree"):
+        for name in ("_counts", "_sq_norms", "_sums", "_gram", "_shift", "_nc4_disagree"):
             value = getattr(self, name)
             setattr(out, name, None if value is None else value.clone())
         return out
@@ -349,12 +349,25 @@ class CollapseMetrics:
             return self
         if self._counts is None:
             self._allocate(other._width, self._device or other._device)
+        unseen = self._counts == 0
+        self._shift[unseen] = other._shift.to(self._device)[unseen]
+        sq_norms, sums, gram = other._rebased(self._shift)
         self._counts += other._counts.to(self._device)
-        self._sq_norms += other._sq_norms.to(self._device)
-        self._sums += other._sums.to(self._device)
-        self._gram += other._gram.to(self._device)
+        self._sq_norms += sq_norms.to(self._device)
+        self._sums += sums.to(self._device)
+        self._gram += gram.to(self._device)
         self._logits_seen |= other._logits_seen
         return self
+
+    def _rebased(self, shift: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(squared norms, sums, Gram) about the per-class shifts `shift` [K, d] from those about self's."""
+        n = self._counts.to(_F64)
+        delta = (shift.to(self._sums.device) - self._shift) * (n > 0)[:, None]  # [K, d], r'_k − r_k
+        sq_norms = self._sq_norms - 2 * (self._sums * delta).sum(dim=1) + n * delta.square().sum(dim=1)
+        sums = self._sums - n[:, None] * delta
+        cross = self._sums.T @ delta
+        gram = self._gram - cross - cross.T + (delta * n[:, None]).T @ delta
+        return sq_norms, sums, gram
 
     def _comm_device(self) -> torch.device:
         """Where the reduce buffers go: NCCL needs CUDA tensors, gloo takes the state's device.
@@ -399,8 +412,17 @@ class CollapseMetrics:
             return out
         d = d_max
         frozen = self._nc4_means is not None
+        # Common shifts: per class, the count-weighted mean of every process's shift (near the data, like each).
+        weighted = torch.zeros(k, d + 1, dtype=_F64, device=device)
         if self._counts is not None:
-            parts = [self._counts.to(_F64), self._sq_norms, self._sums.flatten(), self._gram.flatten()]
+            n = self._counts.to(device=device, dtype=_F64)
+            weighted[:, :d] = self._shift.to(device) * n[:, None]
+            weighted[:, d] = n
+        dist.all_reduce(weighted, op=dist.ReduceOp.SUM, group=group)
+        shift = weighted[:, :d] / weighted[:, d:].clamp_min(1)
+        if self._counts is not None:
+            sq_norms, sums, gram = self._rebased(shift.to(self._sums.device))
+            parts = [self._counts.to(_F64), sq_norms, sums.flatten(), gram.flatten()]
             buf = torch.cat([p.to(device) for p in parts])
         else:
             buf = torch.zeros(2 * k + k * d + d * d, dtype=_F64, device=device)
@@ -414,6 +436,7 @@ class CollapseMetrics:
         out._sq_norms = buf[k : 2 * k].clone()
         out._sums = buf[2 * k : 2 * k + k * d].view(k, d).clone()
         out._gram = buf[2 * k + k * d : 2 * k + k * d + d * d].view(d, d).clone()
+        out._shift = shift.to(home)
         if frozen:
             out._nc4_disagree = buf[-2].round().to(torch.int64)
             out._nc4_total = int(buf[-1].round())
@@ -451,7 +474,7 @@ class CollapseMetrics:
             if tuple(absent) != self._warned_absent:
                 self._warned_absent = tuple(absent)
                 warnings.warn(
-                    f"classes absent from the data: {_short_list(absent)}; NC metrics are over the "
+                    f"classes absent from the data: {short_list(absent)}; NC metrics are over the "
                     f"{present.numel()} classes present",
                     stacklevel=2,
                 )
@@ -460,9 +483,12 @@ class CollapseMetrics:
             if not isinstance(head_weight, Tensor) or tuple(head_weight.shape) != expected:
                 shape = tuple(head_weight.shape) if isinstance(head_weight, Tensor) else head_weight
                 raise ValueError(f"head_weight must have shape {list(expected)}, got {shape}")
+            if not bool(torch.isfinite(head_weight.detach()).all()):
+                raise ValueError("head_weight contains NaN or inf; NC3 of such a head is undefined (check the training run)")
             head_weight = head_weight.detach().to(device=state._device, dtype=_F64)[present]
         results = _metrics_from_statistics(
-            state._counts[present].to(_F64), state._sq_norms[present], state._sums[present], state._gram, head_weight
+            state._counts[present].to(_F64), state._sq_norms[present], state._sums[present], state._gram, head_weight,
+            present.tolist(), state._shift[present],
         )
         if state._nc4_means is not None and state._nc4_total > 0:
             results["nc4"] = int(state._nc4_disagree) / state._nc4_total
@@ -483,8 +509,36 @@ def _too_few_classes_message(present: int, num_classes: int) -> str:
     )
 
 
+def variances_of(n: Tensor, sq_norms: Tensor, offsets: Tensor) -> Tensor:
+    """Var_k = E‖z − μ_k‖² per class, from statistics about a shift r_k (offsets: μ_k − r_k)."""
+    return (sq_norms / n - offsets.square().sum(dim=1)).clamp_min(0)
+
+
+COINCIDING_MEANS_TOLERANCE = 1e-12
+"""Class means closer than this, relative to the features' spread (RMS distance from the global mean, plus the
+within-class spread), count as one point: about 1e4 float64 roundings, beyond what the statistics resolve."""
+
+
+def _coinciding_means_check(centred: Tensor, variances: Tensor, classes: list[int]) -> None:
+    """Refuse class means that (nearly) coincide: NC1, CDNV and NC2 divide by their distances and would report
+    astronomically large numbers (1e32) instead of an error."""
+    k = centred.shape[0]
+    scale = centred.square().sum(dim=1).mean() + variances.mean()
+    dist_sq = torch.cdist(centred, centred, compute_mode="donot_use_mm_for_euclid_dist").square()
+    close = dist_sq <= COINCIDING_MEANS_TOLERANCE**2 * scale
+    close &= ~torch.eye(k, dtype=torch.bool, device=centred.device)
+    if bool(close.any()) or float(scale) == 0.0:
+        i, j = (torch.nonzero(torch.triu(close, diagonal=1))[0].tolist() if bool(close.any()) else (0, 1))
+        raise ValueError(
+            f"the means of classes {classes[i]} and {classes[j]} coincide (distance² {float(dist_sq[i, j]):.3g}, "
+            f"feature spread² {float(scale):.3g}); NC metrics divide by the distances between class means and are "
+            "undefined. Check the features (a constant or collapsed extractor?) and the labels"
+        )
+
+
 def _metrics_from_statistics(
-    n: Tensor, sq_norms: Tensor, sums: Tensor, gram: Tensor, head_weight: Tensor | None
+    n: Tensor, sq_norms: Tensor, sums: Tensor, gram: Tensor, head_weight: Tensor | None,
+    classes: list[int] | None = None, shift: Tensor | None = None,
 ) -> dict[str, float]:
     """NC metrics from the statistics of the K' present classes (n: [K'], sums: [K', d]).
 
@@ -495,12 +549,15 @@ def _metrics_from_statistics(
     v_jᵀ Σ_W v_j = (v_jᵀ G v_j − Σ_k (s_kᵀ v_j)² / n_k) / N cost O(K' d²) without forming Σ_W.
     """
     k, d = sums.shape
+    classes = classes if classes is not None else list(range(k))
     total = n.sum()
-    means = sums / n[:, None]
-    centred = means - sums.sum(dim=0) / total  # rows μ_k − μ_G
+    offsets = sums / n[:, None]  # μ_k − r_k: the statistics are about per-class shifts r_k
+    shift = shift if shift is not None else torch.zeros_like(offsets)
+    means = (shift - shift[0]) + offsets  # class means up to one common translation, which no metric sees
+    centred = means - (means * n[:, None]).sum(dim=0) / total  # rows μ_k − μ_G
+    variances = variances_of(n, sq_norms, offsets)
+    _coinciding_means_check(centred, variances, classes)
     _, sing, vh = torch.linalg.svd(centred / k**0.5, full_matrices=False)
-    if float(sing.max()) == 0.0:
-        raise ValueError("all class means coincide; NC metrics are undefined")
     # Σ_k n_k (μ_k − μ_G) = 0, so M has rank ≤ K'−1: its K'-th singular value is rounding noise, which
     # dividing by s² would blow up. Beyond that, drop what pinv(Σ_B) would drop: eigenvalues s² below
     # d·eps·s_max² (the same convention as torch.linalg.pinv on the d×d Σ_B).
@@ -510,10 +567,10 @@ def _metrics_from_statistics(
     within_proj = (v * (gram @ v)).sum(dim=0) - ((sums @ v).square() / n[:, None]).sum(dim=0)
     nc1 = ((within_proj / total) / sing.square()).sum().clamp_min(0) / k
 
-    variances = (sq_norms / n - means.square().sum(dim=1)).clamp_min(0)
     norms_sq = centred.square().sum(dim=1)
     dots = centred @ centred.T
-    dist_sq = (norms_sq[:, None] + norms_sq[None, :] - 2 * dots).clamp_min(0)
+    # from differences, not ‖a‖² + ‖b‖² − 2a·b, which loses close pairs to cancellation
+    dist_sq = torch.cdist(centred, centred, compute_mode="donot_use_mm_for_euclid_dist").square()
     off = ~torch.eye(k, dtype=torch.bool, device=sums.device)
     cdnv = ((variances[:, None] + variances[None, :]) / (2 * dist_sq))[off].mean()
 

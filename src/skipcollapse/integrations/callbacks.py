@@ -52,6 +52,22 @@ class NeuralCollapseCallback(TrainerCallback):
         self.head_module = head_module
         self.nc4 = nc4
 
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        """Check the data before any step: NC metrics need labels, and finding out at the first evaluation would
+        abort a run that has already trained."""
+        sets = {"train_dataset": self.train_dataset}
+        eval_data = getattr(self.trainer, "eval_dataset", None)
+        sets["the Trainer's eval_dataset"] = next(iter(eval_data.values())) if isinstance(eval_data, dict) else eval_data
+        for name, dataset in sets.items():
+            if dataset is None or len(dataset) == 0:
+                continue
+            item = dataset[0]
+            if isinstance(item, dict) and "labels" not in item and "label" not in item:
+                raise ValueError(
+                    f"NeuralCollapseCallback needs labelled examples, but {name} yields items with keys "
+                    f"{sorted(item)} and no 'labels'; pass labelled data (or drop the callback)"
+                )
+
     def on_evaluate(
         self,
         args: TrainingArguments,

@@ -43,6 +43,8 @@ def load_backbone(name: str, num_labels: int, image_size: Optional[int] = None) 
     Offline, other names fail at once with the choices listed (`skipcollapse.zoo.names`).
     """
     name = resolve_backbone(name)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive integer (or None for the model's own), got {image_size!r}")
     if name == "efficientnet_lite0":
         model = TimmImageClassifier(pretrained.efficientnet_lite0(num_classes=num_labels))
         mean, std = pretrained.efficientnet_lite0_transform_stats()

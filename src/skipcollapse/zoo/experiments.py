@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from .._io import write_atomic
 from ..collapse.distributed import is_distributed, is_main_process
 from .methods import BLOCK_METHODS, METHODS
 
@@ -133,21 +134,6 @@ class Experiment:
                 "first (recipes/compare.py --search) or pick shots/methods it covers: "
                 f"{ {s: sorted(m) for s, m in self.chosen.items()} }"
             ) from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ResultCache:
