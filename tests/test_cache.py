@@ -271,3 +271,74 @@ def test_accelerate_loop_trains_only_the_adapter_and_keeps_frozen_batchnorm_froz
     after = base.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".skipcollapse_" in k for k in changed), sorted(changed)[:5]
+
+
+class _OneChanged(Examples):
+    """Examples with one example changed after the cache was built: a pixel, or a label."""
+
+    def __init__(self, what: str, index: int = 7) -> None:
+        super().__init__("timm-resnet", n=40)
+        if what == "pixel":
+            self.items["x"][index, 0, 0, 0] += 1.0
+        else:
+            self.items["labels"][index] = (self.items["labels"][index] + 1) % 3
+
+
+class _RarelyAugmented(Examples):
+    """Only example 19 of 40 is augmented: a sample of a few evenly spaced examples (0, 6, 11, 17, 22, ...) misses it."""
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(i)
+        if i == 19:
+            item["x"] = item["x"] + 0.01 * torch.randn_like(item["x"])
+        return item
+
+
+@pytest.mark.parametrize("what", ["pixel", "label"])
+def test_one_changed_example_anywhere_makes_the_cache_stale(what: str, tmp_path) -> None:
+    model = adapted("timm-resnet", fusion="replace")
+    build_prefix_cache(model, Examples("timm-resnet", n=40), directory=tmp_path / "cache")
+    with pytest.raises(ValueError, match="their contents differ"):
+        build_prefix_cache(model, _OneChanged(what), directory=tmp_path / "cache")
+
+
+def test_rare_augmentation_is_always_detected() -> None:
+    model = adapted("timm-resnet", fusion="replace")
+    with pytest.raises(ValueError, match=r"examples \[19\]"):
+        build_prefix_cache(model, _RarelyAugmented("timm-resnet", n=40))
+
+
+def test_concurrent_builders_of_one_folder_share_one_complete_cache(tmp_path) -> None:
+    import threading
+
+    model = adapted("timm-resnet", fusion="replace")
+    data = Examples("timm-resnet", n=40)
+    results, errors = [], []
+
+    def build() -> None:
+        try:
+            results.append(build_prefix_cache(model, data, directory=tmp_path / "cache", batch_size=4))
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    reference = build_prefix_cache(model, data)
+    for cache in results:
+        torch.testing.assert_close(cache.inputs(all_indices(data))[0][0], reference.inputs(all_indices(data))[0][0])
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "cache" and not p.name.endswith(".lock")]
+    assert leftovers == []  # no half-built folder left behind
+
+
+def test_a_disk_without_room_is_a_clear_error_before_any_mapping(tmp_path, monkeypatch) -> None:
+    import skipcollapse.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_free_bytes", lambda directory: 1024)
+    model = adapted("timm-resnet", fusion="replace")
+    with pytest.raises(ValueError, match=r"needs .* MiB .* only 0.0 MiB are free"):
+        build_prefix_cache(model, Examples("timm-resnet", n=40), directory=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()

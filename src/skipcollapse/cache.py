@@ -24,10 +24,14 @@ leaves no cache that could be mistaken for a complete one.
 When a cache is stale. A cache is keyed to what produced it: the base model's class, the source layer, the
 adapter-config fields that bear on block ℓ's inputs (`KEY_CONFIG_FIELDS`), a SHA-256 over the parameters and
 buffers of every module that runs before block ℓ (recorded while building), and the data (its length and a hash
-of a few evenly spaced examples). `PrefixCache.check` names whatever differs and says how to rebuild; loading
+of every example, inputs and labels, taken while building; checking a cache against a dataset reads it once). `PrefixCache.check` names whatever differs and says how to rebuild; loading
 from a directory whose key differs refuses. The other config fields (fusion, pooling, projection, what of the
 block trains) act after the cached point, so one cache serves add, concat and replace adapters on the same layer.
-Data whose examples change from one access to the next (random augmentation) is refused outright.
+Data whose examples change from one access to the next (random augmentation) is refused outright: the build
+reads every example twice and compares. On disk, a cache is built in a temporary folder beside the target and
+published by one rename, under a file lock: a second builder of the same folder waits, then reuses the finished
+cache; an interrupted build leaves nothing that looks like a cache. The files are allocated before they are
+mapped, so a full disk is a clear error, not a SIGBUS.
 
 When training from the cache equals training without it. With the same initial adapter, seed and batch order,
 the numbers match to float tolerance (different batchings of the build pass may change the last bits of the
@@ -41,10 +45,12 @@ exactly the same batches, so its batch statistics match. Dropout after block ℓ
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -80,8 +86,6 @@ SHARED_FILE = "shared.pt"
 KEY_CONFIG_FIELDS = ("base_model_class", "source_layer")
 """The adapter-config fields a cache depends on: which model, and whose block's inputs it holds."""
 
-PROBE_EXAMPLES = 8
-"""How many evenly spaced examples fingerprint a dataset (and are fetched twice to detect augmentation)."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -332,31 +336,74 @@ def build_prefix_cache(
     The model's train/eval modes are restored afterwards; its weights are not touched.
     """
     base, config = _adapter_parts(peft_model)
-    source = _source_module(base, config)
+    _source_module(base, config)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty; there is nothing to cache")
-    length, data_fingerprint = _data_fingerprint(dataset)  # also refuses augmented data
+    if directory is None:
+        return _build(peft_model, dataset, batch_size, collate_fn, None, progress)
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target):  # a concurrent builder of the same folder waits here, then reuses what we built
+        if (target / META_FILE).is_file():
+            existing = PrefixCache.load(target)
+            differences = existing.differences(peft_model, dataset)
+            if not differences:
+                return existing
+            if not overwrite:
+                lines = "\n".join(f"  - {d}" for d in differences)
+                raise ValueError(
+                    f"{target} already holds a prefix cache for another model, layer or data:\n{lines}\n"
+                    "Refusing to load it (its inputs would be stale) or to replace it silently: pass overwrite=True "
+                    "to rebuild it there, or choose another directory."
+                )
+        building = target.parent / f".{target.name}.building-{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir()
+        try:
+            _build(peft_model, dataset, batch_size, collate_fn, building, progress)
+            _publish(building, target)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+        return PrefixCache.load(target)
 
-    target = Path(directory) if directory is not None else None
-    if target is not None and (target / META_FILE).is_file():
-        existing = PrefixCache.load(target)
-        differences = existing.differences(peft_model, dataset)
-        if not differences:
-            return existing
-        if not overwrite:
-            lines = "\n".join(f"  - {d}" for d in differences)
-            raise ValueError(
-                f"{target} already holds a prefix cache for another model, layer or data:\n{lines}\n"
-                "Refusing to load it (its inputs would be stale) or to replace it silently: pass overwrite=True to "
-                "rebuild it there, or choose another directory."
-            )
-    if target is not None:
-        _remove_cache_files(target)
-        target.mkdir(parents=True, exist_ok=True)
+
+def _publish(building: Path, target: Path) -> None:
+    """Swap a finished build into place with renames; a cache already mapped elsewhere keeps its (unlinked) files."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(building, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(
+    peft_model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    collate_fn: Optional[Callable[[list[Any]], Any]],
+    target: Optional[Path],
+    progress: bool,
+) -> PrefixCache:
+    """One pass of the prefix over `dataset`, reading each example twice (augmentation check) and hashing it."""
+    base, config = _adapter_parts(peft_model)
+    source = _source_module(base, config)
+    length = len(dataset)
+    checked = _TwiceRead(dataset)
 
     if collate_fn is None:
         collate_fn = _default_collate_for(dataset[0])
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    loader = DataLoader(checked, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     device = _device_of(base)
     store = _Store(length, target)
     captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
@@ -401,7 +448,7 @@ def build_prefix_cache(
         "model_class": _class_name(base),
         "config": _config_key(config),
         "prefix": {"modules": prefix_modules, "fingerprint": _weights_fingerprint(base, prefix_modules)},
-        "data": {"length": length, "fingerprint": data_fingerprint},
+        "data": {"length": length, "fingerprint": checked.fingerprint()},
     }
     return store.finish(key)
 
@@ -471,7 +518,23 @@ class _Store:
         if self.directory is None:
             return torch.empty(shape, dtype=dtype)
         numel = int(np.prod(shape))
-        return torch.from_file(str(self.directory / f"{name}.bin"), shared=True, size=numel, dtype=dtype).view(shape)
+        path = self.directory / f"{name}.bin"
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        free = _free_bytes(self.directory)
+        if nbytes > free:
+            raise ValueError(
+                f"the prefix cache needs {nbytes / 2**20:.1f} MiB for {name} in {self.directory.parent}, but only "
+                f"{free / 2**20:.1f} MiB are free; free space, pass another directory=, or build in memory"
+            )
+        with open(path, "wb") as handle:  # allocate now: a full disk fails here, not as a SIGBUS while writing
+            try:
+                os.posix_fallocate(handle.fileno(), 0, max(nbytes, 1))
+            except OSError as error:
+                raise ValueError(
+                    f"cannot allocate {nbytes / 2**20:.1f} MiB for the prefix cache in {self.directory.parent} "
+                    f"({error.strerror}); free space, pass another directory=, or build in memory"
+                ) from None
+        return torch.from_file(str(path), shared=True, size=numel, dtype=dtype).view(shape)
 
     def finish(self, key: dict[str, Any]) -> PrefixCache:
         if self.filled != self.length:
@@ -509,7 +572,7 @@ class _Store:
         partial = self.directory / (META_FILE + ".partial")
         partial.write_text(json.dumps(meta, indent=1))
         os.replace(partial, self.directory / META_FILE)  # the cache exists only once this lands
-        return PrefixCache.load(self.directory)  # reopen read-only (private mappings)
+        return cache
 
 
 # ============================================================================================ training
@@ -784,16 +847,6 @@ def _map_file(path: Path, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
     return torch.from_file(str(path), shared=False, size=numel, dtype=getattr(torch, dtype)).view(shape)
 
 
-def _remove_cache_files(directory: Path) -> None:
-    """Delete a previous cache's files (unlinking, so caches still mapped elsewhere keep their old data)."""
-    if not directory.is_dir():
-        return
-    (directory / META_FILE).unlink(missing_ok=True)  # first: a half-removed cache must not look complete
-    for path in directory.glob("*.bin"):
-        path.unlink()
-    (directory / SHARED_FILE).unlink(missing_ok=True)
-
-
 def _default_collate_for(item: Any) -> Callable[[list[Any]], Any]:
     if isinstance(item, Mapping):
         from transformers import default_data_collator
@@ -929,32 +982,51 @@ def _warn_about_prefix_dropout(base: nn.Module, names: list[str], source: str) -
 
 
 # -------------------------------------------------------------------------------------------- data keys
-def _probe_indices(length: int) -> list[int]:
-    count = min(PROBE_EXAMPLES, length)
-    if count == 1:
-        return [0]
-    return sorted({round(i * (length - 1) / (count - 1)) for i in range(count)})
+def _free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
+
+
+class _TwiceRead(Dataset):
+    """`dataset`, each example read twice and compared (random augmentation is refused, however rare), and hashed
+    in index order, so the cache's data key covers every example's inputs and labels."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.hashes: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        first, second = _example_hash(item), _example_hash(self.dataset[index])
+        if first != second:
+            raise ValueError(_augmentation_message([index]))
+        self.hashes[index] = first
+        return item
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for index in range(len(self.dataset)):
+            digest.update(self.hashes[index])
+        return digest.hexdigest()
+
+
+def _augmentation_message(changed: list[int]) -> str:
+    return (
+        f"the dataset returns different values for the same example on different reads (examples {changed}): "
+        "random augmentation. Cached prefix outputs would be stale, because they are computed once while the "
+        "inputs change every epoch. Either drop augmentation for cached training (e.g. a dataset without random "
+        "transforms), or train without the cache."
+    )
 
 
 def _data_fingerprint(dataset: Dataset) -> tuple[int, str]:
-    """(length, SHA-256 of a few evenly spaced examples); refuses data whose examples change between reads."""
-    length = len(dataset)
-    first, second = hashlib.sha256(), hashlib.sha256()
-    changed = []
-    for index in _probe_indices(length):
-        a, b = _example_hash(dataset[index]), _example_hash(dataset[index])
-        if a != b:
-            changed.append(index)
-        first.update(a)
-        second.update(b)
-    if changed:
-        raise ValueError(
-            f"the dataset returns different values for the same example on different reads (examples {changed}): "
-            "random augmentation. Cached prefix outputs would be stale, because they are computed once while the "
-            "inputs change every epoch. Either drop augmentation for cached training (e.g. a dataset without random "
-            "transforms), or train without the cache."
-        )
-    return length, first.hexdigest()
+    """(length, SHA-256 over the hash of every example in order): what `build_prefix_cache` recorded."""
+    digest = hashlib.sha256()
+    for index in range(len(dataset)):
+        digest.update(_example_hash(dataset[index]))
+    return len(dataset), digest.hexdigest()
 
 
 def _example_hash(example: Any) -> bytes:
