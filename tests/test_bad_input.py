@@ -92,3 +92,31 @@ def test_head_running_without_its_source_is_an_error() -> None:
     model = get_peft_model(_Custom(), SkipCollapseConfig(source_layer="body.0", head_module="fc", pooling="flatten"))
     with pytest.raises(RuntimeError, match="without its source block's skip"):
         model.get_base_model().fc(torch.randn(2, 8))
+
+
+def test_config_fields_are_checked_at_construction() -> None:
+    assert SkipCollapseConfig(modules_to_save="pre_classifier").modules_to_save == ["pre_classifier"]
+    for bad in ("64", 1.5, True, 0):
+        with pytest.raises(ValueError, match="source_dim must be a positive integer"):
+            SkipCollapseConfig(source_dim=bad)
+    with pytest.raises(TypeError, match="head_module must be a module name"):
+        SkipCollapseConfig(head_module=3)
+    with pytest.raises(TypeError, match="modules_to_save must be module names"):
+        SkipCollapseConfig(modules_to_save=["ok", 7])
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(num_labels=5), r"trained for 3 classes.*num_labels=3"),
+    (dict(hidden_size=48, intermediate_size=64), r"source block gives 32 features; this model has hidden size 48"),
+])
+def test_loading_onto_another_base_names_the_mismatch(change: dict, message: str, tmp_path) -> None:
+    from peft import PeftModel
+    from transformers import BertConfig, BertForSequenceClassification
+
+    get_peft_model(build("hf-bert"), SkipCollapseConfig()).save_pretrained(tmp_path)
+    config = build("hf-bert").config.to_dict()
+    config.pop("id2label", None), config.pop("label2id", None)
+    config.update({"num_labels": 3, **change})
+    other = BertForSequenceClassification(BertConfig(**config))
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(other, tmp_path)

@@ -261,3 +261,20 @@ def test_two_process_ddp_matches_single_process_global_batch(tmp_path):
         for name, g in rank["collapse_loss"]["grads"].items():
             got = torch.tensor(g, dtype=torch.float64)
             assert torch.allclose(got, ref_grads[name], rtol=0, atol=1e-10), name
+
+
+@pytest.mark.parametrize("labels,message", [
+    (torch.tensor([0, 1, 5, 1]), r"integers in \[0, 3\).*\[5\]"),
+    (torch.tensor([0.0, 1.0, 2.0, 1.0]), "integer dtype"),
+])
+def test_penalty_refuses_labels_that_are_not_class_ids(labels: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        collapse_penalty(torch.randn(4, 3), labels, num_classes=3)
+
+
+def test_penalty_refuses_nan_features_instead_of_returning_nan() -> None:
+    z = torch.randn(4, 3)
+    z[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf in 1 of 4 rows"):
+        collapse_penalty(z, torch.tensor([0, 1, 0, 1]))
+    assert torch.isfinite(collapse_penalty(torch.randn(4, 3), torch.tensor([0, 1, -100, 1])))  # ignore_index is fine

@@ -147,3 +147,19 @@ def test_geometric_complexity_regulariser_is_logged_and_trains(tmp_path) -> None
     trainer.train()
     logged = [e for e in trainer.state.log_history if "geometric_complexity" in e]
     assert logged and all(e["geometric_complexity"] > 0 for e in logged)
+
+
+class _Unlabelled(_Dicts):
+    def __getitem__(self, i: int) -> dict:
+        return {k: v for k, v in super().__getitem__(i).items() if k != "labels"}
+
+
+def test_callback_refuses_unlabelled_eval_data_before_the_first_step(tmp_path) -> None:
+    model = get_peft_model(build("hf-vit"), SkipCollapseConfig())
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_Dicts("hf-vit"),
+                      eval_dataset=_Unlabelled("hf-vit"))
+    trainer.add_callback(NeuralCollapseCallback(trainer))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="needs labelled examples.*eval_dataset"):
+        trainer.train()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)  # no step ran
