@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--collapse-lambda", type=float, default=0.0, help="> 0: train with the collapse-aware loss")
     p.add_argument("--nc-callback", action="store_true", help="log NC metrics of eval and 256 train examples")
     p.add_argument("--output-dir", default="runs/finetune", help="where the adapter and result.json go")
+    p.add_argument("--report-to", default="none", help="Trainer logging backends, e.g. tensorboard (none: off)")
     p.add_argument("--verbose", action="store_true", help="show the libraries' info logs and warnings")
     args = p.parse_args(argv)
     if args.steps < 1 or (args.epochs is not None and args.epochs <= 0) or args.batch_size < 1 or args.lr <= 0:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.1 * total_steps), weight_decay=0.0,
         eval_strategy="epoch" if args.epochs else "steps", eval_steps=max(1, args.steps // 5),
         logging_strategy="epoch" if args.epochs else "steps", logging_steps=max(1, args.steps // 5),
-        save_strategy="no", report_to=[], seed=args.seed, dataloader_num_workers=0, disable_tqdm=False,
+        save_strategy="no", report_to=args.report_to, seed=args.seed, dataloader_num_workers=0, disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
     )
     common = dict(

@@ -113,3 +113,39 @@ def test_recipe_in_two_processes_matches_one(tmp_path: Path) -> None:
         assert b["num_examples"] == 50
         for key in ("nc1", "cdnv", "h_score", "logme"):
             assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a["name"], key, a[key], b[key])
+
+
+@pytest.mark.parametrize("option,value", [("--image-size", "0"), ("--image-size", "-3"), ("--batch-size", "0"),
+                                          ("--max-examples", "0")])
+def test_numeric_options_are_checked_before_any_work(option: str, value: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", option, value])
+    assert exit_info.value.code == 2 and f"{option} must be a positive integer" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_probe_runs(tmp_path, capsys) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder should be")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", "--output-dir", str(blocked / "out")])
+    assert exit_info.value.code == 2 and "is not a writable folder" in capsys.readouterr().err
+
+
+def test_an_interrupted_save_leaves_the_previous_files(tmp_path, monkeypatch) -> None:
+    from skipcollapse.probe import LayerReport, LayerRow
+
+    report = LayerReport([LayerRow(0, "a", 4, 10, nc1=1.0), LayerRow(1, "b", 4, 10, nc1=0.5)], num_classes=2,
+                         pooling="avg")
+    written = report.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in written}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LayerReport, "plot", interrupted)  # Ctrl-C while the last of the three files is written
+    changed = LayerReport([LayerRow(0, "a", 4, 10, nc1=2.0), LayerRow(1, "b", 4, 10, nc1=3.0)], num_classes=2,
+                          pooling="avg")
+    with pytest.raises(KeyboardInterrupt):
+        changed.save(tmp_path)
+    assert {p.name: p.read_bytes() for p in written} == before  # the old set, not a new CSV beside an old PNG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.csv", "probe.json", "probe.png"]
