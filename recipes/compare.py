@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the test runs (k-shot draw and init)")
     p.add_argument("--output-dir", default="runs/compare", help="where the table, CSV/JSON and plots go")
     p.add_argument("--cache-dir", default="runs/compare-cache", help="finished runs, one JSON file per configuration")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process: results are reproducible at a fixed count (the table used 1); "
+                   "float sums in another order change training runs")
     args = p.parse_args(argv)
     for folder, option in ((args.output_dir, "--output-dir"), (args.cache_dir, "--cache-dir")):
         try:
@@ -68,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     experiment = Experiment.load(args.experiment)
     missing = [m for m in args.methods if m not in experiment.search_space]
     if missing:

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_seconds = time.perf_counter() - start
     metrics = trainer.evaluate(test_set, metric_key_prefix="test")  # test read once, after training
     model.peft_config["default"].base_model_name_or_path = args.model  # what the reload snippet loads
-    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():  # no embedding layers to save; saying so spares peft a hub lookup of the name
+        model.save_pretrained(args.output_dir, save_embedding_layers=False)
 
     result = {
         "model": args.model, "dataset": args.dataset, "k_shot": args.k_shot, "seed": args.seed,
