@@ -31,7 +31,7 @@ from transformers import Trainer, TrainingArguments
 
 from skipcollapse import CollapseTrainer, NeuralCollapseCallback, SkipCollapseConfig
 from skipcollapse.zoo import HelpFormatter, add_data_arguments, load_backbone, task_from_args
-from skipcollapse._io import check_writable_folder
+from skipcollapse._io import check_writable_folder, write_atomic
 from skipcollapse.zoo.names import main_with_clean_errors
 
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     if trainer.is_world_process_zero():
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_dir) / "result.json").write_text(json.dumps(result, indent=2))
+        write_atomic(Path(args.output_dir) / "result.json", json.dumps(result, indent=2) + "\n")
         budget = f"{args.epochs:g} epochs" if args.epochs else f"{args.steps} steps"
         loss = f"CE + {args.collapse_lambda:g}·collapse penalty" if args.collapse_lambda > 0 else "cross-entropy"
         print(

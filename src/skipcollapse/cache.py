@@ -64,6 +64,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ._io import write_atomic
 from .adapter.architectures import discover
 from .adapter.config import SkipCollapseConfig
 from .adapter.layer import SkipSourceLayer, _device_of, close_scope, first_tensor, open_scope
@@ -569,9 +570,7 @@ class _Store:
             ],
             "labels": {"shape": list(self.labels.shape[1:]), "dtype": _dtype_name(self.labels)},
         }
-        partial = self.directory / (META_FILE + ".partial")
-        partial.write_text(json.dumps(meta, indent=1))
-        os.replace(partial, self.directory / META_FILE)  # the cache exists only once this lands
+        write_atomic(self.directory / META_FILE, json.dumps(meta, indent=1))  # the cache exists only once this lands
         return cache
 
 

@@ -13,7 +13,6 @@ import re
 import warnings
 from typing import Any, Optional
 
-import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
