@@ -2,7 +2,8 @@
 
 Everything before the source block ℓ is frozen, so on a fixed (un-augmented) training set its outputs are the same
 every epoch. Recomputing them each epoch is most of an SCL-FT epoch on a CNN (the early, high-resolution blocks
-cost the most), so `build_prefix_cache` runs the prefix once, in eval mode without gradients, and stores the
+cost the most), so `build_prefix_cache` runs the model once, in eval mode without gradients (a plain forward to
+its end: nothing is stopped early by an exception), and stores the
 *inputs of block ℓ*: every tensor argument the model passes to the block (hidden states, and e.g. a BERT
 attention mask), concatenated over examples, plus the labels. `CachedSkipModel` then trains the very modules of
 the PeftModel from those inputs:
@@ -89,10 +90,6 @@ KEY_CONFIG_FIELDS = ("base_model_class", "source_layer")
 
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class _PrefixDone(Exception):
-    """Raised by the capture hook to stop the forward once block ℓ's inputs are recorded."""
 
 
 @dataclass(frozen=True)
@@ -410,8 +407,8 @@ def _build(
     captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def capture(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        captured.append((args, kwargs))
-        raise _PrefixDone
+        if not captured:  # the first call of block ℓ in this forward; the forward then runs to its end as usual
+            captured.append((args, kwargs))
 
     batches: Iterator[Any] = iter(loader)
     if progress:
@@ -426,12 +423,13 @@ def _build(
             for number, batch in enumerate(batches):
                 inputs, labels = _split_batch(batch)
                 captured.clear()
-                recorder = _record_calls(base, source, prefix_modules) if number == 0 else contextlib.nullcontext()
+                recorder = (
+                    _record_calls(base, source, prefix_modules, until=lambda: bool(captured))
+                    if number == 0
+                    else contextlib.nullcontext()
+                )
                 with recorder:
-                    try:
-                        _call(base, inputs, device)
-                    except _PrefixDone:
-                        pass
+                    _call(base, inputs, device)
                 if not captured:
                     raise RuntimeError(
                         f"the model's forward finished without calling {config.source_layer!r}; the cache needs a "
@@ -900,14 +898,20 @@ def _all_eval(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _record_calls(base: nn.Module, source: nn.Module, names: list[str]) -> Iterator[None]:
-    """Append to `names` every module of `base` entered before `source` (the prefix, its containers included)."""
+def _record_calls(base: nn.Module, source: nn.Module, names: list[str], until: Callable[[], bool]) -> Iterator[None]:
+    """Append to `names` every module of `base` entered before `source` (the prefix, its containers included):
+    recording stops once `until()` says the source has been reached."""
     inside_source = {id(m) for m in source.modules()}
     handles = []
+
+    def record(module: nn.Module, args: Any, name: str) -> None:
+        if not until():
+            names.append(name)
+
     for name, module in base.named_modules():
         if id(module) in inside_source:
             continue
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: names.append(n)))
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: record(m, a, n)))
     try:
         yield
     finally:

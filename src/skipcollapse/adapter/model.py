@@ -17,6 +17,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from .architectures import Architecture, candidates_message, discover, infer_output_width, measure_output_width
+from .batchnorm import frozen_batchnorms
 from .config import SkipCollapseConfig
 from .layer import (
     NO_MERGE,
@@ -171,14 +172,12 @@ class SkipCollapseModel(BaseTuner):
     def train(self, mode: bool = True) -> "SkipCollapseModel":
         """Train mode for everything that trains; frozen BatchNorm layers stay in eval mode.
 
-        A frozen BatchNorm in train mode normalises with batch statistics and drifts its running statistics:
-        the frozen backbone would then change under the adapter (the classic peft-on-CNN trap).
+        Which layers are frozen is `adapter.batchnorm.frozen_batchnorms`, the rule the comparison's baselines use too.
         """
         super().train(mode)
         if mode:
-            for name, module in self.model.named_modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _ADAPTER_OWNED.search(name):
-                    module.eval()
+            for module in frozen_batchnorms(self.model, owned_by_adapter=_ADAPTER_OWNED.search):
+                module.eval()
         return self
 
     # ----------------------------------------------------------------------------------------- peft plumbing

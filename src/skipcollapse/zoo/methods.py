@@ -19,6 +19,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from ..adapter.architectures import discover
+from ..adapter.batchnorm import keep_frozen_batchnorm_in_eval
 from ..adapter.config import SkipCollapseConfig
 
 METHODS = ("linear-probe", "full-ft", "lora", "layer-ft", "scl-ft", "scl-ft+collapse")
@@ -67,20 +68,3 @@ def _block_name(blocks: list[str], source_layer: Optional[str | int]) -> str:
     if source_layer is None:
         return blocks[len(blocks) // 2]
     return blocks[source_layer] if isinstance(source_layer, int) else source_layer
-
-
-def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
-    """Make every BatchNorm whose parameters are all frozen normalise with (and keep) its running statistics.
-
-    A forward pre-hook switches such layers to eval behaviour on every call, so `model.train()` (which the
-    Trainer calls each step) cannot put them back into batch-statistics mode.
-    """
-
-    def to_eval(module: nn.Module, args: tuple) -> None:
-        module.training = False
-
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
-                module.register_forward_pre_hook(to_eval)
