@@ -50,7 +50,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,9 +65,10 @@ from torch.utils.data import DataLoader, Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ._io import write_atomic
-from .adapter.architectures import discover
+from .adapter.architectures import FAMILIES_WITH_SUFFIX, discover
+from .adapter.suffix import SuffixRunner
 from .adapter.config import SkipCollapseConfig
-from .adapter.layer import SkipSourceLayer, _device_of, close_scope, first_tensor, open_scope
+from .adapter.layer import SkipSourceLayer, _device_of, close_scope, open_scope
 
 __all__ = [
     "CACHED_SUFFIX_FAMILIES",
@@ -654,139 +654,19 @@ class CachedSkipModel(nn.Module):
 
 
 # ============================================================================================ suffix runners
-SuffixRunner = Callable[[Any, tuple[Any, ...], dict[str, Any]], torch.Tensor]
-"""(block ℓ's output, block ℓ's positional args, its keyword args) -> the head's input h_L."""
-
-
-def _timm_efficientnet(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?blocks\.(\d+)\.(\d+)", source)
-    if match is None:
-        return None
-    root, stage, index = _root(base, match[1]), int(match[2]), int(match[3])
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        x = first_tensor(output)
-        for block in root.blocks[stage][index + 1 :]:
-            x = block(x)
-        for later in root.blocks[stage + 1 :]:
-            x = later(x)
-        x = root.bn2(root.conv_head(x))
-        return root.forward_head(x, pre_logits=True)  # global pool (+ the model's head dropout)
-
-    return run
-
-
-def _timm_resnet(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?layer([1-4])\.(\d+)", source)
-    if match is None:
-        return None
-    root, stage, index = _root(base, match[1]), int(match[2]), int(match[3])
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        x = first_tensor(output)
-        for block in getattr(root, f"layer{stage}")[index + 1 :]:
-            x = block(x)
-        for later in range(stage + 1, 5):
-            x = getattr(root, f"layer{later}")(x)
-        return root.forward_head(x, pre_logits=True)
-
-    return run
-
-
-def _timm_vit(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?blocks\.(\d+)", source)
-    if match is None:
-        return None
-    root, index = _root(base, match[1]), int(match[2])
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        x = _later_layers(root.blocks, index, output, args, kwargs)
-        return root.forward_head(root.norm(x), pre_logits=True)  # token pool, fc_norm, head dropout
-
-    return run
-
-
-def _hf_resnet(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?encoder\.stages\.(\d+)\.layers\.(\d+)", source)
-    if match is None or not match[1]:
-        return None
-    resnet, stage, index = _root(base, match[1]), int(match[2]), int(match[3])
-    classifier_model = _root(base, match[1].rpartition(".")[0])
-    stages = resnet.encoder.stages
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        x = first_tensor(output)
-        for layer in stages[stage].layers[index + 1 :]:
-            x = layer(x)
-        for later in stages[stage + 1 :]:
-            x = later(x)
-        return classifier_model.classifier[0](resnet.pooler(x))  # the Flatten before the head's Linear
-
-    return run
-
-
-def _later_layers(layers: nn.ModuleList, index: int, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-    """Run the encoder layers after `index`, each called as block ℓ was (same mask and flags, new hidden states)."""
-    x = first_tensor(output)
-    for layer in layers[index + 1 :]:
-        if args:
-            x = first_tensor(layer(x, *args[1:], **kwargs))
-        else:
-            x = first_tensor(layer(**{**kwargs, "hidden_states": x}))
-    return x
-
-
-def _hf_vit(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?((?:encoder\.layer|layers))\.(\d+)", source)
-    if match is None:
-        return None
-    vit, index = _root(base, match[1]), int(match[3])
-    layers = vit.get_submodule(match[2])
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        hidden = vit.layernorm(_later_layers(layers, index, output, args, kwargs))
-        return hidden[:, 0, :]  # ViTForImageClassification classifies the CLS token
-
-    return run
-
-
-def _hf_bert(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?encoder\.layer\.(\d+)", source)
-    if match is None or not match[1]:
-        return None
-    bert, index = _root(base, match[1]), int(match[2])
-    classifier_model = _root(base, match[1].rpartition(".")[0])
-    if bert.pooler is None:
-        return None
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        hidden = _later_layers(bert.encoder.layer, index, output, args, kwargs)
-        return classifier_model.dropout(bert.pooler(hidden))  # as BertForSequenceClassification does
-
-    return run
-
-
-_SUFFIXES: dict[str, Callable[[nn.Module, str], Optional[SuffixRunner]]] = {
-    "timm-efficientnet": _timm_efficientnet,
-    "timm-resnet": _timm_resnet,
-    "timm-vit": _timm_vit,
-    "hf-vit": _hf_vit,
-    "hf-bert": _hf_bert,
-    "hf-resnet": _hf_resnet,
-}
-CACHED_SUFFIX_FAMILIES = tuple(_SUFFIXES)
+CACHED_SUFFIX_FAMILIES = FAMILIES_WITH_SUFFIX
 """Families whose blocks after ℓ `CachedSkipModel` can run from a cache (needed by add/concat fusion)."""
 
 
 def suffix_runner(base: nn.Module, source_layer: str) -> SuffixRunner:
     """How to run `base` from block ℓ's output to its head's input h_L, for the families that have one.
 
-    The prefix is skipped, so the model's own forward cannot be used; each family's runner replays the rest of it.
+    The prefix is skipped, so the model's own forward cannot be used; each family's runner (`adapter/suffix.py`,
+    listed as ``suffix`` in the one family table of `adapter/architectures.py`) replays the rest of it.
     """
     arch = discover(base)
     family = arch.family if arch is not None else type(base).__name__
-    make = _SUFFIXES.get(family)
-    runner = make(base, source_layer) if make is not None else None
+    runner = arch.suffix(base, source_layer) if arch is not None and arch.suffix is not None else None
     if runner is None:
         raise NotImplementedError(
             f"training from a prefix cache with fusion='add' or 'concat' runs the blocks after the source block from "
@@ -825,10 +705,6 @@ def _class_name(module: nn.Module) -> str:
 
 def _config_key(config: SkipCollapseConfig) -> dict[str, Any]:
     return {field: getattr(config, field) for field in KEY_CONFIG_FIELDS}
-
-
-def _root(base: nn.Module, name: Optional[str]) -> nn.Module:
-    return base.get_submodule(name) if name else base
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:

@@ -18,6 +18,8 @@ import torch
 
 from torch import nn
 
+from . import suffix
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -30,6 +32,7 @@ class Architecture:
     skip_norm: str = ""
     modules_to_save: list[str] = field(default_factory=list)
     hidden_size: Optional[int] = None  # width of every block's tokens, when the family has one
+    suffix: Optional[Callable[[nn.Module, str], Any]] = None  # runs block ℓ's output to h_L (the prefix cache)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class _Family:
     pooling: str | Callable[[nn.Module], str]
     skip_norm: str | Callable[[nn.Module], str] = ""
     modules_to_save: tuple[str, ...] = ()
+    suffix: Optional[Callable[[nn.Module, str], Any]] = None
 
 
 _HF_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
@@ -72,10 +76,12 @@ def _timm_vit_norm(model: nn.Module) -> str:
 
 
 _FAMILIES: tuple[_Family, ...] = (
-    _Family("hf-vit", _hf_type("vit"), r"vit\.(?:encoder\.layer|layers)\.\d+", "classifier", "cls", "vit.layernorm"),
-    _Family("hf-resnet", _hf_type("resnet"), r"resnet\.encoder\.stages\.\d+\.layers\.\d+", "classifier.1", "avg"),
+    _Family("hf-vit", _hf_type("vit"), r"vit\.(?:encoder\.layer|layers)\.\d+", "classifier", "cls", "vit.layernorm",
+            suffix=suffix.hf_vit),
+    _Family("hf-resnet", _hf_type("resnet"), r"resnet\.encoder\.stages\.\d+\.layers\.\d+", "classifier.1", "avg",
+            suffix=suffix.hf_resnet),
     _Family("hf-convnext", _hf_type("convnext"), r"convnext\.encoder\.stages\.\d+\.layers\.\d+", "classifier", "avg"),
-    _Family("hf-bert", _hf_type("bert"), r"bert\.encoder\.layer\.\d+", "classifier", "cls"),
+    _Family("hf-bert", _hf_type("bert"), r"bert\.encoder\.layer\.\d+", "classifier", "cls", suffix=suffix.hf_bert),
     _Family(
         "hf-roberta",
         _hf_type("roberta", "xlm-roberta", "camembert"),
@@ -92,13 +98,16 @@ _FAMILIES: tuple[_Family, ...] = (
         "cls",
         modules_to_save=("pre_classifier",),
     ),
-    _Family("timm-vit", _timm("VisionTransformer"), r"blocks\.\d+", "head", _timm_vit_pooling, _timm_vit_norm),
-    _Family("timm-resnet", _timm("ResNet"), r"layer[1-4]\.\d+", "fc", "avg"),
-    _Family("timm-efficientnet", _timm("EfficientNet"), r"blocks\.\d+\.\d+", "classifier", "avg"),
+    _Family("timm-vit", _timm("VisionTransformer"), r"blocks\.\d+", "head", _timm_vit_pooling, _timm_vit_norm,
+            suffix=suffix.timm_vit),
+    _Family("timm-resnet", _timm("ResNet"), r"layer[1-4]\.\d+", "fc", "avg", suffix=suffix.timm_resnet),
+    _Family("timm-efficientnet", _timm("EfficientNet"), r"blocks\.\d+\.\d+", "classifier", "avg",
+            suffix=suffix.timm_efficientnet),
     _Family("timm-convnext", _timm("ConvNeXt"), r"stages\.\d+\.blocks\.\d+", "head.fc", "avg"),
 )
 
 SUPPORTED_FAMILIES = tuple(f.name for f in _FAMILIES)
+FAMILIES_WITH_SUFFIX = tuple(f.name for f in _FAMILIES if f.suffix is not None)
 
 
 def discover(model: nn.Module) -> Optional[Architecture]:
@@ -138,6 +147,7 @@ def discover(model: nn.Module) -> Optional[Architecture]:
             skip_norm=skip_norm,
             modules_to_save=list(family.modules_to_save),
             hidden_size=hidden if pooling in ("cls", "mean") else None,
+            suffix=family.suffix,
         )
     return None
 
