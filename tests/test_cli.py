@@ -149,3 +149,12 @@ def test_an_interrupted_save_leaves_the_previous_files(tmp_path, monkeypatch) ->
         changed.save(tmp_path)
     assert {p.name: p.read_bytes() for p in written} == before  # the old set, not a new CSV beside an old PNG
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.csv", "probe.json", "probe.png"]
+
+
+def test_a_missing_recipes_extra_names_the_extra(monkeypatch, capsys, tmp_path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    assert main(["probe", "--output-dir", str(tmp_path)]) == 2
+    assert "scikit-learn, from the [recipes] extra: pip install 'skipcollapse[recipes]'" in capsys.readouterr().err

@@ -59,7 +59,6 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -67,6 +66,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from ._io import write_atomic
 from .adapter.architectures import FAMILIES_WITH_SUFFIX, discover
 from .adapter.suffix import SuffixRunner
+from .integrations.timm import TimmImageClassifier
 from .adapter.config import SkipCollapseConfig
 from .adapter.layer import SkipSourceLayer, _device_of, close_scope, open_scope
 
@@ -937,9 +937,9 @@ def _update(digest: "hashlib._Hash", value: Any) -> None:
 
 
 def _classification_loss(base: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The loss the uncached forward computes: the transformers model's own loss, else cross-entropy (timm)."""
+    """The loss the uncached forward computes: the transformers model's own loss, else `TimmImageClassifier`'s."""
     from transformers import PreTrainedModel
 
     if isinstance(base, PreTrainedModel):
         return base.loss_function(labels, logits, base.config)
-    return F.cross_entropy(logits, labels)
+    return TimmImageClassifier.output_from_logits(logits, labels).loss

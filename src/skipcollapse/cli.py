@@ -25,7 +25,7 @@ from ._io import check_writable_folder
 from .collapse.distributed import world
 from .probe import LayerReport, probe_layers, rank_backbones
 from .zoo import Backbone, HelpFormatter, Task, add_data_arguments, load_backbone, task_from_args
-from .zoo.names import UnknownNameError, resolve_backbone
+from .zoo.names import UnknownNameError, missing_recipes_extra, resolve_backbone
 
 RANKING_COLUMNS = ("name", "width", "num_examples", "nc1", "cdnv", "h_score", "logme",
                    "rank_nc1", "rank_cdnv", "rank_h_score", "rank_logme")
@@ -128,6 +128,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_writable_folder(args.output_dir)
     except ValueError as error:
         parser.error(str(error))
+    missing = missing_recipes_extra()
+    if missing:
+        print(f"error: the probe needs {', '.join(missing)}, from the [recipes] extra: "
+              "pip install 'skipcollapse[recipes]'", file=sys.stderr)
+        return 2
     import torch
     from accelerate import PartialState
 

@@ -60,6 +60,18 @@ def resolve_task(name: str) -> str:
     )
 
 
+RECIPES_EXTRA = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+"""Import name -> pip name of what the CLI and recipes need beyond the core (the `[recipes]` extra); the embedded
+weights' packages are checked where they load (`skipcollapse.zoo.pretrained`)."""
+
+
+def missing_recipes_extra() -> list[str]:
+    """Pip names of the `[recipes]` extra's packages that are not installed."""
+    import importlib.util
+
+    return [pip for module, pip in RECIPES_EXTRA.items() if importlib.util.find_spec(module) is None]
+
+
 def main_with_clean_errors(main: Callable[..., Any]) -> int:
     """Run a recipe's `main`: a bad name or setting ends with one line on stderr and status 2, no traceback."""
     try:
