@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import suffix
+from .layer import first_tensor, pool
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,6 @@ def measure_output_width(model: nn.Module, source: str, pooling: str) -> Optiona
     seen: list[int] = []
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
-        from .layer import first_tensor, pool
-
         seen.append(pool(first_tensor(output), pooling).shape[-1])
 
     modes = {m: m.training for m in model.modules()}

@@ -53,15 +53,16 @@ class SkipCollapseModel(BaseTuner):
     def _check_target_module_exists(self, peft_config: SkipCollapseConfig, key: str) -> bool:
         return key in (peft_config.source_layer, peft_config.head_module) or key in self._bypassed(peft_config)
 
-    def _bypassed(self, config: SkipCollapseConfig) -> frozenset[str]:
+    def _bypassed(self, config: SkipCollapseConfig) -> dict[str, bool]:
         """Under ``replace``: what the forward would run between block ℓ and the head, so that it does not run.
 
         These are the top-most modules with weights or buffers that the model registers after block ℓ (models
         register their modules in the order they run them), other than the head and its ancestors. Parameter-free
         modules (pooling, dropout, activations) are left alone: they work on any width and cost nothing.
+        Returns name -> whether it is one of the model's blocks; computed once per injection.
         """
         if config.fusion != "replace":
-            return frozenset()
+            return {}
         key = (config.source_layer, config.head_module)
         cached = getattr(self, "_bypassed_cache", {}).get(key)
         if cached is not None:
@@ -85,7 +86,7 @@ class SkipCollapseModel(BaseTuner):
             if any(b.startswith(name + ".") for b in blocks) or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
                 continue  # a container the forward iterates or a container of blocks: its members are wrapped one by one
             chosen.append(name)
-        self._bypassed_cache = {**getattr(self, "_bypassed_cache", {}), key: frozenset(chosen)}
+        self._bypassed_cache = {**getattr(self, "_bypassed_cache", {}), key: {n: n in blocks for n in chosen}}
         return self._bypassed_cache[key]
 
     def _create_and_replace(
@@ -123,8 +124,7 @@ class SkipCollapseModel(BaseTuner):
         elif isinstance(target, SkipBypassLayer):
             target.update_layer(adapter_name)
         elif not isinstance(target, SkipCollapseLayer):
-            blocks = set(getattr(discover(self.model), "blocks", []))
-            layer = SkipBypassLayer(target, is_block=current_key in blocks)
+            layer = SkipBypassLayer(target, is_block=self._bypassed(peft_config)[current_key])
             self._replace_module(parent, target_name, layer, target)
             layer.update_layer(adapter_name)
         # which adapter is active on the new layers is set by peft's inject_adapter right after this

@@ -29,11 +29,10 @@ def check_labels(labels: Tensor, n: int, num_classes: Optional[int], ignore_inde
     if labels.shape[0] != n:
         raise ValueError(f"labels has {labels.shape[0]} rows but features have {n}")
     kept = labels if ignore_index is None else labels[labels != ignore_index]
-    upper = num_classes if num_classes is not None else None
-    bad = (kept < 0) if upper is None else (kept < 0) | (kept >= upper)
+    bad = (kept < 0) if num_classes is None else (kept < 0) | (kept >= num_classes)
     if bool(bad.any()):
         values = sorted(set(kept[bad].tolist()))
-        bound = f"[0, {upper})" if upper is not None else ">= 0"
+        bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
         extra = f" (or {ignore_index} to ignore a row)" if ignore_index is not None else ""
         raise ValueError(f"labels must be integers in {bound}{extra}; got out-of-range values {short_list(values, 10)}")
     return labels.long()
