@@ -116,7 +116,7 @@ def test_linear_projection_counts_and_trains() -> None:
     model = _adapted("hf-resnet")
     config = model.peft_config["default"]
     assert config.projection == "linear" and config.source_dim == 24
-    proj = model.get_base_model().get_submodule(config.source_layer).skipcollapse_proj["default"]
+    proj = model.get_base_model().get_submodule(config.head_module).skipcollapse_proj["default"]
     assert isinstance(proj, nn.Linear) and proj.in_features == 24 and proj.out_features == 32
     before = proj.weight.detach().clone()
     _train_steps(model, "hf-resnet")

@@ -1,5 +1,5 @@
-"""FSDP2 (fully_shard) over two CPU processes: sharding the blocks of an adapted model, the source block included,
-keeps the logits and trains the adapter. (Sharding the root PeftModel as well crashes inside autograd; README.)"""
+"""FSDP2 over two CPU processes (gloo): an adapted model sharded block by block plus its root, by hand and by
+accelerate's FSDP2 preparation, computes the unsharded model's logits and takes the same optimizer step."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ WORKER = Path(__file__).with_name("_fsdp_worker.py")
 
 
 @pytest.mark.slow
-def test_fully_sharded_blocks_keep_the_logits_and_train_the_adapter(tmp_path) -> None:
+def test_sharded_adapter_trains_like_the_unsharded_one(tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     done = subprocess.run([*launcher, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for rank in range(2):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert result["max_diff"] < 1e-5 and result["grads"]
-        assert result["moved"] == result["trainable"] > 0
+        results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert len(results) == 6  # bert add/replace, vit concat (skip norm = final norm) x by hand/accelerate
+        for case, result in results.items():
+            assert result["fsdp_modules"] >= 5, case  # the blocks and the root at least: the model is sharded
+            assert result["same_names"] and result["moved"] == result["trainable"] > 0, case
+            assert result["logit_diff"] < 1e-5 and result["param_diff"] < 1e-6, case

@@ -577,7 +577,7 @@ class CachedSkipModel(nn.Module):
     """`peft_model` trained from a `PrefixCache`: the same modules, minus the frozen prefix's work.
 
     `forward(cache_index, labels=None)` feeds the cached inputs of block ℓ into the real `SkipSourceLayer` (the
-    adapter's block copy, pooling, projection and gate are `peft_model`'s own), then
+    adapter's block copy and pooling, and the head's projection and gate, are `peft_model`'s own), then
 
     - ``replace`` fusion: the head classifies the skip P(s); nothing after ℓ runs;
     - ``add``/``concat``: the frozen blocks after ℓ run from block ℓ's output to the head input h_L (a per-family
@@ -617,8 +617,8 @@ class CachedSkipModel(nn.Module):
         scope = open_scope(base)  # this call's scope, as the model's own forward hooks would open it
         try:
             output = source(*args, **kwargs)
-            if scope.replaced:  # replace fusion: nothing after ℓ runs; the head classifies P(s)
-                logits = head(scope.skip)
+            if scope.replaced:  # replace fusion: nothing after ℓ runs; the head classifies P(s), not its input
+                logits = head(scope.pooled)
             else:  # add/concat fusion, or adapters disabled
                 if self._suffix is None:
                     self._suffix = suffix_runner(base, config.source_layer)

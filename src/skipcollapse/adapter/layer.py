@@ -1,9 +1,15 @@
 """The tuner layers of SkipCollapse, and the per-call scope that carries the skip from block ℓ to the head.
 
 `SkipSourceLayer` wraps block ℓ: for the active adapter it runs the adapter's copy of the block (or the frozen
-block), pools its output into s and projects it, P(s). `SkipHeadLayer` wraps the classifier's final linear layer:
-it fuses its usual input h_L with the skip and applies the adapter's copy of the head. Under ``replace`` fusion,
-`SkipBypassLayer` wraps what runs between block ℓ and the head, so that none of it runs.
+block) and pools its output into s. `SkipHeadLayer` wraps the classifier's final linear layer: it turns s into the
+skip g·P(norm(s)), fuses it with its usual input h_L and applies the adapter's copy of the head. Under ``replace``
+fusion, `SkipBypassLayer` wraps what runs between block ℓ and the head, so that none of it runs.
+
+Why the skip's parameters (P, g) live in the head layer, not in the source layer. What leaves block ℓ outside its
+return value must not need block ℓ's parameters in the backward pass: FSDP2 (`fully_shard` on each block, as
+accelerate's FSDP plugin does) frees a block's gathered parameters after its forward and gathers them again only
+when the gradient reaches the block's outputs. Pooling has no parameters, so s can travel to the head; a projection
+applied inside block ℓ's wrapper would run its backward with freed weights (a crash).
 
 How the skip travels. The source and the head are far apart in the model and the model's own forward code sits
 between them, so the skip cannot be an argument. It lives in a `CallScope`, created for one forward call of the
@@ -45,10 +51,10 @@ NO_MERGE = (
 class CallScope:
     """What one forward call of the model passes from block ℓ to the head."""
 
-    __slots__ = ("skip", "source_output", "replaced")
+    __slots__ = ("pooled", "source_output", "replaced")
 
     def __init__(self) -> None:
-        self.skip: Optional[torch.Tensor] = None  # g·P(s) (add/concat) or P(s) (replace), consumed by the head
+        self.pooled: Optional[torch.Tensor] = None  # s, block ℓ's pooled output, consumed by the head
         self.source_output: Any = None  # block ℓ's raw output: what bypassed blocks return under replace
         self.replaced = False  # a replace adapter's source has run: what follows up to the head is bypassed
 
@@ -158,45 +164,23 @@ class SkipCollapseLayer(nn.Module, BaseTunerLayer):
 
 
 class SkipSourceLayer(SkipCollapseLayer):
-    """Block ℓ with, per adapter, an optional trainable copy of the block and the skip path (pool → norm → P → g)."""
+    """Block ℓ with, per adapter, an optional trainable copy of the block; hands its pooled output s to the head."""
 
-    adapter_layer_names = ("skipcollapse_block", "skipcollapse_proj", "skipcollapse_gate")
+    adapter_layer_names = ("skipcollapse_block",)
     other_param_names = ("train_source", "pooling", "fusion")
 
-    def __init__(self, base_layer: nn.Module, skip_norm: Optional[nn.Module] = None) -> None:
+    def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.skipcollapse_block = nn.ModuleDict()
-        self.skipcollapse_proj = nn.ModuleDict()
-        self.skipcollapse_gate = nn.ModuleDict()
         self.train_source: dict[str, str] = {}
         self.pooling: dict[str, str] = {}
         self.fusion: dict[str, str] = {}
-        # A frozen module of the base model (its final norm), held outside the module tree so it is neither
-        # saved with the adapter nor counted twice.
-        self._skip_norm = [skip_norm] if skip_norm is not None else []
         self.merged_adapters = []
 
-    def update_layer(
-        self,
-        adapter_name: str,
-        *,
-        train_source: str,
-        pooling: str,
-        fusion: str,
-        source_dim: int,
-        target_dim: int,
-        projection: str,
-    ) -> None:
+    def update_layer(self, adapter_name: str, *, train_source: str, pooling: str, fusion: str) -> None:
         if train_source != "none":
             self.skipcollapse_block[adapter_name] = copy.deepcopy(self.base_layer)
-        if projection == "identity":
-            self.skipcollapse_proj[adapter_name] = nn.Identity()
-        else:
-            self.skipcollapse_proj[adapter_name] = _linear_like(source_dim, target_dim, self.base_layer)
-        if fusion != "replace":
-            # g = 0: at initialisation the skip adds nothing and the adapted model computes the base model exactly.
-            self.skipcollapse_gate[adapter_name] = SkipGate(device=_device_of(self.base_layer))
         self.train_source[adapter_name] = train_source
         self.pooling[adapter_name] = pooling
         self.fusion[adapter_name] = fusion
@@ -232,20 +216,9 @@ class SkipSourceLayer(SkipCollapseLayer):
         if scope is None:
             # Outside a model forward (a gradient-checkpointing recomputation of this block): only the output counts.
             return output
-        proj = self.skipcollapse_proj[adapter]
-        skip = pool(first_tensor(output), self.pooling[adapter])
-        for norm in self._skip_norm:
-            skip = norm(skip)
-        if isinstance(proj, nn.Linear) and skip.shape[-1] != proj.in_features:
-            raise ValueError(
-                f"the source block's pooled output has {skip.shape[-1]} features but adapter {adapter!r} was built "
-                f"for source_dim={proj.in_features}; create the adapter with source_dim={skip.shape[-1]} (or unset)"
-            )
-        skip = proj(_cast(skip, _dtype_of(proj)))
+        scope.pooled = pool(first_tensor(output), self.pooling[adapter])
         if self.fusion[adapter] == "replace":
-            scope.skip, scope.source_output, scope.replaced = skip, output, True
-        else:
-            scope.skip = self.skipcollapse_gate[adapter](skip)
+            scope.source_output, scope.replaced = output, True
         return output
 
 
@@ -288,20 +261,42 @@ class SkipBypassLayer(SkipCollapseLayer):
 
 
 class SkipHeadLayer(SkipCollapseLayer):
-    """The classifier's final linear layer: fuses its input with the skip and applies the adapter's head copy."""
+    """The classifier's final linear layer, with per adapter the skip path (norm → P → g) from block ℓ's pooled
+    output s, the fusion of the skip with the layer's input, and a trainable copy of the head."""
 
-    adapter_layer_names = ("skipcollapse_head",)
+    adapter_layer_names = ("skipcollapse_head", "skipcollapse_proj", "skipcollapse_gate")
     other_param_names = ("fusion",)
 
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.skipcollapse_head = nn.ModuleDict()
+        self.skipcollapse_proj = nn.ModuleDict()
+        self.skipcollapse_gate = nn.ModuleDict()
         self.fusion: dict[str, str] = {}
+        # Per adapter, a frozen module of the base model (its final norm) applied to s, held outside the module
+        # tree so it is neither saved with the adapter nor counted twice.
+        self._skip_norms: dict[str, list[nn.Module]] = {}
         self.merged_adapters = []
 
-    def update_layer(self, adapter_name: str, *, fusion: str, skip_dim: int) -> None:
+    def update_layer(
+        self,
+        adapter_name: str,
+        *,
+        fusion: str,
+        source_dim: int,
+        skip_dim: int,
+        projection: str,
+        skip_norm: Optional[nn.Module] = None,
+    ) -> None:
         base = self.base_layer
+        if projection == "identity":
+            self.skipcollapse_proj[adapter_name] = nn.Identity()
+        else:
+            self.skipcollapse_proj[adapter_name] = _linear_like(source_dim, skip_dim, base)
+        if fusion != "replace":
+            # g = 0: at initialisation the skip adds nothing and the adapted model computes the base model exactly.
+            self.skipcollapse_gate[adapter_name] = SkipGate(device=_device_of(base))
         if fusion == "concat":
             head = _linear_like(base.in_features + skip_dim, base.out_features, base, bias=base.bias is not None)
             with torch.no_grad():
@@ -312,6 +307,7 @@ class SkipHeadLayer(SkipCollapseLayer):
             head = copy.deepcopy(base)
         self.skipcollapse_head[adapter_name] = head
         self.fusion[adapter_name] = fusion
+        self._skip_norms[adapter_name] = [skip_norm] if skip_norm is not None else []
         self.set_adapter(self.active_adapters)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -319,13 +315,14 @@ class SkipHeadLayer(SkipCollapseLayer):
         if adapter is None:
             return self.base_layer(x, *args, **kwargs)
         scope = self._scope
-        skip = None if scope is None else scope.skip
-        if skip is None:
+        pooled = None if scope is None else scope.pooled
+        if pooled is None:
             raise RuntimeError(
                 "the SkipCollapse head ran without its source block's skip in this forward call; call the model "
                 "itself (not its head or a submodule), which runs block ℓ before the head"
             )
-        scope.skip = None  # each call's skip is used once
+        scope.pooled = None  # each call's skip is used once
+        skip = self._skip(adapter, pooled)
         head = self.skipcollapse_head[adapter]
         fusion = self.fusion[adapter]
         if fusion == "replace":
@@ -335,6 +332,19 @@ class SkipHeadLayer(SkipCollapseLayer):
         else:
             z = x + skip.to(x.dtype)
         return head(_cast(z, _dtype_of(head)))
+
+    def _skip(self, adapter: str, pooled: torch.Tensor) -> torch.Tensor:
+        """g·P(norm(s)) for add/concat fusion, P(norm(s)) for replace."""
+        for norm in self._skip_norms.get(adapter, []):
+            pooled = norm(pooled)
+        proj = self.skipcollapse_proj[adapter]
+        if isinstance(proj, nn.Linear) and pooled.shape[-1] != proj.in_features:
+            raise ValueError(
+                f"the source block's pooled output has {pooled.shape[-1]} features but adapter {adapter!r} was built "
+                f"for source_dim={proj.in_features}; create the adapter with source_dim={pooled.shape[-1]} (or unset)"
+            )
+        skip = proj(_cast(pooled, _dtype_of(proj)))
+        return skip if self.fusion[adapter] == "replace" else self.skipcollapse_gate[adapter](skip)
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -102,25 +102,29 @@ class SkipCollapseModel(BaseTuner):
         if current_key == peft_config.source_layer:
             layer = target
             if not isinstance(layer, SkipSourceLayer):
-                norm = self.model.get_submodule(peft_config.skip_norm) if peft_config.skip_norm else None
-                layer = SkipSourceLayer(_base(target), skip_norm=norm)
+                layer = SkipSourceLayer(_base(target))
                 self._replace_module(parent, target_name, layer, target)
-            head = _base(self.model.get_submodule(peft_config.head_module))
             layer.update_layer(
                 adapter_name,
                 train_source=peft_config.train_source,
                 pooling=peft_config.pooling,
                 fusion=peft_config.fusion,
-                source_dim=peft_config.source_dim,
-                target_dim=_skip_width(peft_config, head),
-                projection=peft_config.projection,
             )
         elif current_key == peft_config.head_module:
             layer = target
             if not isinstance(layer, SkipHeadLayer):
                 layer = SkipHeadLayer(target)
                 self._replace_module(parent, target_name, layer, target)
-            layer.update_layer(adapter_name, fusion=peft_config.fusion, skip_dim=_skip_width(peft_config, target))
+            # unwrapped: under replace fusion the final norm sits after block ℓ and is itself wrapped to be bypassed
+            norm = _base(self.model.get_submodule(peft_config.skip_norm)) if peft_config.skip_norm else None
+            layer.update_layer(
+                adapter_name,
+                fusion=peft_config.fusion,
+                source_dim=peft_config.source_dim,
+                skip_dim=_skip_width(peft_config, target),
+                projection=peft_config.projection,
+                skip_norm=norm,
+            )
         elif isinstance(target, SkipBypassLayer):
             target.update_layer(adapter_name)
         elif not isinstance(target, SkipCollapseLayer):
