@@ -84,7 +84,8 @@ def all_indices(dataset) -> torch.Tensor:
 @pytest.mark.parametrize(
     "family,fusion",
     [(f, fusion) for f in ("timm-efficientnet", "timm-resnet") for fusion in ("replace", "add", "concat")]
-    + [(f, fusion) for f in ("hf-vit", "hf-bert", "timm-vit", "hf-resnet") for fusion in ("replace", "add")],
+    + [(f, fusion) for f in ("hf-vit", "hf-bert", "timm-vit", "hf-resnet") for fusion in ("replace", "add")]
+    + [("hf-roberta", "add"), ("hf-distilbert", "concat")],
 )
 def test_cached_logits_equal_uncached(family: str, fusion: str) -> None:
     model = adapted(family, fusion=fusion).eval()

@@ -65,7 +65,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ._io import write_atomic
 from .adapter.architectures import FAMILIES_WITH_SUFFIX, discover
-from .adapter.suffix import SuffixRunner
+from .adapter.suffix import SuffixRunner, blocks_then_head_input
 from .integrations.timm import TimmImageClassifier
 from .adapter.config import SkipCollapseConfig
 from .adapter.layer import SkipSourceLayer, _device_of, close_scope, open_scope
@@ -661,12 +661,14 @@ CACHED_SUFFIX_FAMILIES = FAMILIES_WITH_SUFFIX
 def suffix_runner(base: nn.Module, source_layer: str) -> SuffixRunner:
     """How to run `base` from block ℓ's output to its head's input h_L, for the families that have one.
 
-    The prefix is skipped, so the model's own forward cannot be used; each family's runner (`adapter/suffix.py`,
-    listed as ``suffix`` in the one family table of `adapter/architectures.py`) replays the rest of it.
+    The prefix is skipped, so the model's own forward cannot be used: the blocks after ℓ run in the family table's
+    order, then the family's ``head_input`` (`adapter/suffix.py`, named by the table in `adapter/architectures.py`).
     """
     arch = discover(base)
     family = arch.family if arch is not None else type(base).__name__
-    runner = arch.suffix(base, source_layer) if arch is not None and arch.suffix is not None else None
+    runner = None
+    if arch is not None and arch.head_input is not None:
+        runner = blocks_then_head_input(base, arch.blocks, source_layer, arch.head_input)
     if runner is None:
         raise NotImplementedError(
             f"training from a prefix cache with fusion='add' or 'concat' runs the blocks after the source block from "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -33,7 +34,8 @@ class Architecture:
     skip_norm: str = ""
     modules_to_save: list[str] = field(default_factory=list)
     hidden_size: Optional[int] = None  # width of every block's tokens, when the family has one
-    suffix: Optional[Callable[[nn.Module, str], Any]] = None  # runs block ℓ's output to h_L (the prefix cache)
+    # the last block's hidden states -> the head's input h_L (bound to the model); what the prefix cache runs
+    head_input: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class _Family:
     pooling: str | Callable[[nn.Module], str]
     skip_norm: str | Callable[[nn.Module], str] = ""
     modules_to_save: tuple[str, ...] = ()
-    suffix: Optional[Callable[[nn.Module, str], Any]] = None
+    head_input: Optional[suffix.HeadInput] = None  # what the model does after its last block, up to the head
 
 
 _HF_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
@@ -78,11 +80,12 @@ def _timm_vit_norm(model: nn.Module) -> str:
 
 _FAMILIES: tuple[_Family, ...] = (
     _Family("hf-vit", _hf_type("vit"), r"vit\.(?:encoder\.layer|layers)\.\d+", "classifier", "cls", "vit.layernorm",
-            suffix=suffix.hf_vit),
+            head_input=suffix.hf_vit),
     _Family("hf-resnet", _hf_type("resnet"), r"resnet\.encoder\.stages\.\d+\.layers\.\d+", "classifier.1", "avg",
-            suffix=suffix.hf_resnet),
+            head_input=suffix.hf_resnet),
     _Family("hf-convnext", _hf_type("convnext"), r"convnext\.encoder\.stages\.\d+\.layers\.\d+", "classifier", "avg"),
-    _Family("hf-bert", _hf_type("bert"), r"bert\.encoder\.layer\.\d+", "classifier", "cls", suffix=suffix.hf_bert),
+    _Family("hf-bert", _hf_type("bert"), r"bert\.encoder\.layer\.\d+", "classifier", "cls",
+            head_input=suffix.hf_bert),
     _Family(
         "hf-roberta",
         _hf_type("roberta", "xlm-roberta", "camembert"),
@@ -90,6 +93,7 @@ _FAMILIES: tuple[_Family, ...] = (
         "classifier.out_proj",
         "cls",
         modules_to_save=("classifier.dense",),
+        head_input=suffix.hf_roberta,
     ),
     _Family(
         "hf-distilbert",
@@ -98,17 +102,19 @@ _FAMILIES: tuple[_Family, ...] = (
         "classifier",
         "cls",
         modules_to_save=("pre_classifier",),
+        head_input=suffix.hf_distilbert,
     ),
     _Family("timm-vit", _timm("VisionTransformer"), r"blocks\.\d+", "head", _timm_vit_pooling, _timm_vit_norm,
-            suffix=suffix.timm_vit),
-    _Family("timm-resnet", _timm("ResNet"), r"layer[1-4]\.\d+", "fc", "avg", suffix=suffix.timm_resnet),
+            head_input=suffix.timm_vit),
+    _Family("timm-resnet", _timm("ResNet"), r"layer[1-4]\.\d+", "fc", "avg",
+            head_input=suffix.timm_resnet),
     _Family("timm-efficientnet", _timm("EfficientNet"), r"blocks\.\d+\.\d+", "classifier", "avg",
-            suffix=suffix.timm_efficientnet),
+            head_input=suffix.timm_efficientnet),
     _Family("timm-convnext", _timm("ConvNeXt"), r"stages\.\d+\.blocks\.\d+", "head.fc", "avg"),
 )
 
 SUPPORTED_FAMILIES = tuple(f.name for f in _FAMILIES)
-FAMILIES_WITH_SUFFIX = tuple(f.name for f in _FAMILIES if f.suffix is not None)
+FAMILIES_WITH_SUFFIX = tuple(f.name for f in _FAMILIES if f.head_input is not None)
 
 
 def discover(model: nn.Module) -> Optional[Architecture]:
@@ -148,7 +154,7 @@ def discover(model: nn.Module) -> Optional[Architecture]:
             skip_norm=skip_norm,
             modules_to_save=list(family.modules_to_save),
             hidden_size=hidden if pooling in ("cls", "mean") else None,
-            suffix=family.suffix,
+            head_input=functools.partial(family.head_input, model) if family.head_input else None,
         )
     return None
 

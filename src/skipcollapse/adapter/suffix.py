@@ -1,14 +1,15 @@
-"""How to run a model from block ℓ's output to its head's input h_L, per family: what training from a prefix cache
-with ``add``/``concat`` fusion needs, since the model's own forward cannot start in the middle.
+"""How to run a model from block ℓ's output to its head's input h_L: what training from a prefix cache with
+``add``/``concat`` fusion needs, since the model's own forward cannot start in the middle.
 
-Each function takes the base model and the source block's name and returns a runner, or None when the block is not
-one this family's runner handles. `skipcollapse.adapter.architectures` lists them in its one table of families (the
-``suffix`` of each row), which the adapter and the cache both read.
+One runner serves every family: the blocks after ℓ run in the order of the family table's block list, each called
+as block ℓ was (same attention mask and flags, new hidden states), then the family's `head_input` does what the
+model does between its last block and its head (final norm, pooling, pre-classifier layers). That last step is the
+only per-family code, and it is one short function per row of the table in `architectures.py`. A family whose
+blocks have something else between them (hf ConvNeXt's downsampling layers) has no `head_input` and no runner.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Optional
 
 import torch
@@ -19,114 +20,59 @@ from .layer import first_tensor
 SuffixRunner = Callable[[Any, tuple[Any, ...], dict[str, Any]], torch.Tensor]
 """(block ℓ's output, block ℓ's positional args, its keyword args) -> the head's input h_L."""
 
+HeadInput = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+"""(the family's model, the last block's hidden states) -> the head's input h_L."""
 
-def timm_efficientnet(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?blocks\.(\d+)\.(\d+)", source)
-    if match is None:
+
+def blocks_then_head_input(
+    model: nn.Module, blocks: list[str], source: str, head_input: Callable[[torch.Tensor], torch.Tensor]
+) -> Optional[SuffixRunner]:
+    """The runner from `source` (one of `blocks`, names in `model`) through the later blocks and `head_input` (the
+    family's, bound to the model by `discover`), or None when `source` is not one of the blocks."""
+    if source not in blocks:
         return None
-    root, stage, index = _root(base, match[1]), int(match[2]), int(match[3])
+    later = [model.get_submodule(name) for name in blocks[blocks.index(source) + 1 :]]
 
     def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         x = first_tensor(output)
-        for block in root.blocks[stage][index + 1 :]:
-            x = block(x)
-        for later in root.blocks[stage + 1 :]:
-            x = later(x)
-        x = root.bn2(root.conv_head(x))
-        return root.forward_head(x, pre_logits=True)  # global pool (+ the model's head dropout)
+        for block in later:
+            x = first_tensor(block(x, *args[1:], **kwargs) if args else block(**{**kwargs, "hidden_states": x}))
+        return head_input(x)
 
     return run
 
 
-def timm_resnet(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?layer([1-4])\.(\d+)", source)
-    if match is None:
-        return None
-    root, stage, index = _root(base, match[1]), int(match[2]), int(match[3])
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        x = first_tensor(output)
-        for block in getattr(root, f"layer{stage}")[index + 1 :]:
-            x = block(x)
-        for later in range(stage + 1, 5):
-            x = getattr(root, f"layer{later}")(x)
-        return root.forward_head(x, pre_logits=True)
-
-    return run
+# ------------------------------------------------------------------------ per family: last block -> head input
+def timm_efficientnet(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.bn2(model.conv_head(x)), pre_logits=True)  # global pool, head dropout
 
 
-def timm_vit(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?blocks\.(\d+)", source)
-    if match is None:
-        return None
-    root, index = _root(base, match[1]), int(match[2])
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        x = _later_layers(root.blocks, index, output, args, kwargs)
-        return root.forward_head(root.norm(x), pre_logits=True)  # token pool, fc_norm, head dropout
-
-    return run
+def timm_resnet(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(x, pre_logits=True)
 
 
-def hf_resnet(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?encoder\.stages\.(\d+)\.layers\.(\d+)", source)
-    if match is None or not match[1]:
-        return None
-    resnet, stage, index = _root(base, match[1]), int(match[2]), int(match[3])
-    classifier_model = _root(base, match[1].rpartition(".")[0])
-    stages = resnet.encoder.stages
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        x = first_tensor(output)
-        for layer in stages[stage].layers[index + 1 :]:
-            x = layer(x)
-        for later in stages[stage + 1 :]:
-            x = later(x)
-        return classifier_model.classifier[0](resnet.pooler(x))  # the Flatten before the head's Linear
-
-    return run
+def timm_vit(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.norm(x), pre_logits=True)  # token pool, fc_norm, head dropout
 
 
-def _later_layers(layers: nn.ModuleList, index: int, output: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-    """Run the encoder layers after `index`, each called as block ℓ was (same mask and flags, new hidden states)."""
-    x = first_tensor(output)
-    for layer in layers[index + 1 :]:
-        if args:
-            x = first_tensor(layer(x, *args[1:], **kwargs))
-        else:
-            x = first_tensor(layer(**{**kwargs, "hidden_states": x}))
-    return x
+def hf_resnet(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.classifier[0](model.resnet.pooler(x))  # the Flatten before the head's Linear
 
 
-def hf_vit(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?((?:encoder\.layer|layers))\.(\d+)", source)
-    if match is None:
-        return None
-    vit, index = _root(base, match[1]), int(match[3])
-    layers = vit.get_submodule(match[2])
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        hidden = vit.layernorm(_later_layers(layers, index, output, args, kwargs))
-        return hidden[:, 0, :]  # ViTForImageClassification classifies the CLS token
-
-    return run
+def hf_vit(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.vit.layernorm(x)[:, 0, :]  # ViTForImageClassification classifies the CLS token
 
 
-def hf_bert(base: nn.Module, source: str) -> Optional[SuffixRunner]:
-    match = re.fullmatch(r"(?:(.+)\.)?encoder\.layer\.(\d+)", source)
-    if match is None or not match[1]:
-        return None
-    bert, index = _root(base, match[1]), int(match[2])
-    classifier_model = _root(base, match[1].rpartition(".")[0])
-    if bert.pooler is None:
-        return None
-
-    def run(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        hidden = _later_layers(bert.encoder.layer, index, output, args, kwargs)
-        return classifier_model.dropout(bert.pooler(hidden))  # as BertForSequenceClassification does
-
-    return run
+def hf_bert(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if model.bert.pooler is None:
+        raise ValueError("this BERT has no pooler (add_pooling_layer=False), which its classifier needs")
+    return model.dropout(model.bert.pooler(x))
 
 
-def _root(base: nn.Module, name: Optional[str]) -> nn.Module:
-    return base.get_submodule(name) if name else base
+def hf_roberta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    head = model.classifier  # RobertaClassificationHead up to out_proj, the fusion point
+    return head.dropout(torch.tanh(head.dense(head.dropout(x[:, 0, :]))))
+
+
+def hf_distilbert(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.dropout(nn.functional.relu(model.pre_classifier(x[:, 0])))
