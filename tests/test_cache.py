@@ -336,7 +336,7 @@ def test_concurrent_builders_of_one_folder_share_one_complete_cache(tmp_path) ->
 
 
 def test_a_disk_without_room_is_a_clear_error_before_any_mapping(tmp_path, monkeypatch) -> None:
-    import skipcollapse.cache as cache_module
+    import skipcollapse.cache.store as cache_module
 
     monkeypatch.setattr(cache_module, "_free_bytes", lambda directory: 1024)
     model = adapted("timm-resnet", fusion="replace")
