@@ -6,7 +6,8 @@ PeftModel, as the PyTorch docs do it, and accelerate's own FSDP2 preparation (`f
 layer auto-wrap, the embeddings and the final norm in their own groups, then the root) — one SGD step runs on the
 sharded model and on an unsharded twin with the same inputs on every rank, so the averaged gradients equal the
 twin's. Writes rank<r>.json: per case, the largest logit difference, the largest difference of a trainable
-parameter after the step, how many trainable parameters moved, and how many modules FSDP manages.
+parameter after the step, how many trainable parameters moved, how many modules FSDP manages, and (rank 0) how far
+the adapter saved from the sharded model and reloaded onto a fresh base is from the twin.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -72,6 +74,22 @@ def one_step(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return output.logits.detach()
 
 
+def saved_and_reloaded(model: nn.Module, family: str, twin: nn.Module, inputs: dict, folder: Path) -> Optional[float]:
+    """Save the sharded model's adapter as users of FSDP do (a full state dict gathered on rank 0, handed to
+    save_pretrained), reload it onto a fresh base on rank 0 and return the largest eval-logit difference from the
+    trained twin; None on the other ranks."""
+    from peft import PeftModel
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    model.save_pretrained(folder, state_dict=state)
+    reloaded = PeftModel.from_pretrained(build(family), folder).eval()
+    with torch.no_grad():
+        return float((reloaded(**inputs).logits - twin.eval()(**inputs).logits).abs().max())
+
+
 def full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
@@ -93,6 +111,7 @@ def main(out: str) -> None:
             logits = one_step(model, inputs)
             params = {n: full(p.detach()) for n, p in model.named_parameters() if p.requires_grad}
             results[f"{family}/{fusion}/{how}"] = {
+                "reload_diff": saved_and_reloaded(model, family, twin, inputs, Path(out, f"{family}-{fusion}-{how}")),
                 "logit_diff": float((logits - expected_logits).abs().max()),
                 "param_diff": max(float((params[n] - expected[n]).abs().max()) for n in expected),
                 "same_names": sorted(params) == sorted(expected),

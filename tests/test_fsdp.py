@@ -1,5 +1,6 @@
 """FSDP2 over two CPU processes (gloo): an adapted model sharded block by block plus its root, by hand and by
-accelerate's FSDP2 preparation, computes the unsharded model's logits and takes the same optimizer step."""
+accelerate's FSDP2 preparation, computes the unsharded model's logits, takes the same optimizer step, and saves an
+adapter that reloads onto an unsharded base."""
 
 from __future__ import annotations
 
@@ -27,3 +28,5 @@ def test_sharded_adapter_trains_like_the_unsharded_one(tmp_path) -> None:
             assert result["fsdp_modules"] >= 5, case  # the blocks and the root at least: the model is sharded
             assert result["same_names"] and result["moved"] == result["trainable"] > 0, case
             assert result["logit_diff"] < 1e-5 and result["param_diff"] < 1e-6, case
+            if rank == 0:  # saved from the sharded model (full state dict on rank 0), reloaded unsharded
+                assert result["reload_diff"] < 1e-5, case
