@@ -99,6 +99,35 @@ def test_compile_fullgraph_gives_the_same_logits_and_gradients(family: str, fusi
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("fusion", ["add", "concat", "replace"])
+@pytest.mark.parametrize("family", ["hf-bert", "timm-efficientnet"])
+def test_gradient_checkpointing_recomputes_the_block_copy_and_keeps_the_gradients(family: str, fusion: str) -> None:
+    """Activation checkpointing (transformers' gradient_checkpointing_enable, which TrainingArguments(
+    gradient_checkpointing=True) calls, and timm's set_grad_checkpointing) replays the adapter's copy of block ℓ in
+    the backward pass, outside the forward call's scope: the gradients stay those of the plain run."""
+    grads = []
+    for checkpointing in (False, True):
+        model = build(family)
+        if checkpointing and family.startswith("hf-"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif checkpointing:
+            model.set_grad_checkpointing(True)
+        torch.manual_seed(0)
+        model = get_peft_model(model, SkipCollapseConfig(fusion=fusion))
+        _open_gates(model)
+        copy = model.get_base_model().get_submodule(model.peft_config["default"].source_layer).skipcollapse_block
+        inner = next(m for m in copy["default"].modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+        runs = []
+        inner.register_forward_hook(lambda *args: runs.append(1))
+        torch.manual_seed(1)  # the same dropout masks in both runs (checkpointing replays the RNG state)
+        loss_of(model.train(), make_inputs(family)).backward()
+        assert len(runs) == (2 if checkpointing else 1)  # forward, and (checkpointed) its replay in backward
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and all(g is not None for g in grads[1].values())
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("family", ["timm-resnet", "hf-bert", "hf-vit"])
 def test_half_precision_bases_forward_train_and_reload(family: str, dtype: torch.dtype, tmp_path) -> None:

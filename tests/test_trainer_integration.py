@@ -163,3 +163,22 @@ def test_callback_refuses_unlabelled_eval_data_before_the_first_step(tmp_path) -
     with pytest.raises(ValueError, match="needs labelled examples.*eval_dataset"):
         trainer.train()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)  # no step ran
+
+
+def test_trainer_activation_checkpointing_on_a_timm_model_checkpoints_its_blocks(tmp_path) -> None:
+    """TrainingArguments(activation_checkpointing=True) reaches timm's own checkpointing through the PeftModel,
+    and the adapter trains as without it."""
+    from skipcollapse import TimmImageClassifier
+
+    losses = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(TimmImageClassifier(build("timm-efficientnet")), SkipCollapseConfig())
+        args = _args(tmp_path, activation_checkpointing=checkpointing, max_steps=2)
+        data = _Dicts("timm-efficientnet", n=16)
+        data.items["pixel_values"] = data.items.pop("x")  # the name TimmImageClassifier takes
+        trainer = Trainer(model=model, args=args, train_dataset=data)
+        trainer.train()
+        assert model.get_base_model().timm_model.grad_checkpointing is checkpointing
+        losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -7,7 +7,7 @@ SkipCollapse's architecture discovery looks through it (module names gain the `t
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -27,6 +27,30 @@ class TimmImageClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> SequenceClassifierOutput:
         return self.output_from_logits(self.timm_model(pixel_values), labels)
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: Optional[dict[str, Any]] = None, every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """What the Trainer calls for ``activation_checkpointing=True`` (``gradient_checkpointing=True``): timm's own
+        checkpointing of its blocks (`set_grad_checkpointing`), which chooses its checkpoint settings itself."""
+        if every_n_layers != 1 or offload:
+            raise ValueError(
+                "timm models checkpoint every block and keep the saved activations where they are: every_n_layers "
+                f"must be 1 and offload False (got {every_n_layers} and {offload}); drop those checkpointing options"
+            )
+        self.timm_model.set_grad_checkpointing(True)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.timm_model.set_grad_checkpointing(False)
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: Optional[dict[str, Any]] = None, **kwargs: Any
+    ) -> None:
+        """The older name, which peft and the Trainer of transformers < 5 call."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
 
     @staticmethod
     def output_from_logits(logits: torch.Tensor, labels: Optional[torch.Tensor] = None) -> SequenceClassifierOutput:
