@@ -84,6 +84,33 @@ def test_save_and_reload_onto_fresh_base(family: str, tmp_path) -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fusion", ["add", "replace"])
+def test_an_adapter_saved_with_the_skip_path_under_block_l_loads_whole(fusion: str, tmp_path) -> None:
+    """skipcollapse 0.1.0 saved the projection and gate under block ℓ; they live under the head now, and such files
+    load whole (not with a closed gate and a fresh projection, which peft would only warn about)."""
+    from safetensors.torch import load_file, save_file
+
+    model = _adapted("hf-resnet", fusion=fusion)  # a linear projection (24 -> 32 features)
+    _train_steps(model, "hf-resnet")
+    inputs = make_inputs("hf-resnet", seed=5)
+    with torch.no_grad():
+        expected = logits_of(model, inputs)
+    model.save_pretrained(tmp_path)
+    config = model.peft_config["default"]
+    path = tmp_path / "adapter_model.safetensors"
+    moved = {
+        k.replace(f"{config.head_module}.skipcollapse_", f"{config.source_layer}.skipcollapse_")
+        if ".skipcollapse_proj." in k or ".skipcollapse_gate." in k
+        else k: v
+        for k, v in load_file(path).items()
+    }
+    assert sum(f"{config.source_layer}.skipcollapse_proj." in k for k in moved) == 2  # weight and bias, old place
+    save_file(moved, path)
+    reloaded = PeftModel.from_pretrained(build("hf-resnet"), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(reloaded, inputs), expected, rtol=0, atol=0)
+
+
 def _numel(module: nn.Module, only=lambda name: True) -> int:
     return sum(p.numel() for n, p in module.named_parameters() if only(n))
 

@@ -269,7 +269,7 @@ class SkipHeadLayer(SkipCollapseLayer):
     output s, the fusion of the skip with the layer's input, and a trainable copy of the head."""
 
     adapter_layer_names = ("skipcollapse_head", "skipcollapse_proj", "skipcollapse_gate")
-    other_param_names = ("fusion",)
+    other_param_names = ("fusion", "_skip_norms")  # per-adapter dicts: peft's delete_adapter drops their entries
 
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ import re
 import warnings
 from typing import Any, Optional
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
@@ -202,6 +203,20 @@ class SkipCollapseModel(BaseTuner):
         # Block copies nest the adapter name inside the key ('...skipcollapse_block.default.attn.weight'), which
         # peft's default only strips at the end; strip it right after our container's name instead.
         return re.sub(rf"(skipcollapse_\w+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: SkipCollapseConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Adapters saved by skipcollapse 0.1.0 kept the skip's projection and gate under block ℓ; they now live under
+        the head (so FSDP can free block ℓ's weights after its forward). Their keys are moved there on loading, so
+        those adapters load whole instead of coming back with a closed gate and a fresh projection."""
+        if config.source_layer and config.head_module:
+            old = re.compile(rf"(^|\.){re.escape(config.source_layer)}\.(skipcollapse_(?:proj|gate))\.")
+            state_dict = {old.sub(rf"\g<1>{config.head_module}.\2.", key): value for key, value in state_dict.items()}
+        return super()._remap_adapter_state_dict_for_load(
+            model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
+        )
 
 
 # --------------------------------------------------------------------------------------------- resolution

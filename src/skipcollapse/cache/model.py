@@ -23,8 +23,8 @@ class CachedSkipModel(nn.Module):
     adapter's block copy and pooling, and the head's projection and gate, are `peft_model`'s own), then
 
     - ``replace`` fusion: the head classifies the skip P(s); nothing after ℓ runs;
-    - ``add``/``concat``: the frozen blocks after ℓ run from block ℓ's output to the head input h_L (a per-family
-      `suffix_runner`), and the head layer fuses h_L with the skip as in the uncached forward.
+    - ``add``/``concat``: the frozen blocks after ℓ run from block ℓ's output, then the family's ``head_input``,
+      to the head input h_L (`suffix_runner`), and the head layer fuses h_L with the skip as in the uncached forward.
 
     Like the model's own forward, each call opens a scope for the skip (`skipcollapse.adapter.layer.open_scope`)
     and closes it when the call ends.
