@@ -3,6 +3,7 @@ accelerate's offload hooks, several adapters, and peft's generic operations."""
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -32,8 +33,9 @@ def _open_gates(model: nn.Module, value: float = 0.7) -> None:
                 p.fill_(value)
 
 
-def _replicas(model: nn.Module, count: int = 2) -> list[nn.Module]:
-    """Replicas built the way `nn.DataParallel` builds them: a shallow copy of every module, sharing parameters."""
+def _replicas(model: nn.Module, count: int = 2, own_parameters: bool = False) -> list[nn.Module]:
+    """Replicas built the way `nn.DataParallel` builds them: a shallow copy of every module, sharing parameters (or,
+    as on several GPUs, each with its own copy of them)."""
     modules = list(model.modules())
     index = {id(m): i for i, m in enumerate(modules)}
     roots = []
@@ -43,6 +45,8 @@ def _replicas(model: nn.Module, count: int = 2) -> list[nn.Module]:
             for key, child in original._modules.items():
                 replica._modules[key] = None if child is None else copies[index[id(child)]]
             for key, param in original._parameters.items():
+                if own_parameters and param is not None:
+                    param = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
                 replica._parameters[key] = param
         roots.append(copies[0])
     return roots
@@ -78,6 +82,22 @@ def test_data_parallel_replicas_in_threads_give_the_models_logits(family: str, f
     for i in (0, 1):
         for got in results[i]:
             torch.testing.assert_close(got, expected[i], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fusion", ["add", "replace"])
+def test_a_replica_uses_its_own_copy_of_the_skip_norm(fusion: str) -> None:
+    """On several GPUs each DataParallel replica holds its own copy of every weight; the skip's norm (ViT's final
+    norm) must be the replica's own, as every other module the replica runs."""
+    model = _adapted("hf-vit", fusion=fusion)
+    inputs = make_inputs("hf-vit")
+    replica = _replicas(model, count=1, own_parameters=True)[0]
+    norm = "base_model.model." + model.peft_config["default"].skip_norm
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for changed in (replica, twin):
+            changed.get_submodule(norm).weight.mul_(3.0)  # the replica's weight only, not the original's
+        torch.testing.assert_close(logits_of(replica, inputs), logits_of(twin, inputs), rtol=0, atol=1e-6)
+        assert not torch.allclose(logits_of(replica, inputs), logits_of(model, inputs))
 
 
 @pytest.mark.parametrize("fusion", ["add", "concat", "replace"])

@@ -51,9 +51,10 @@ NO_MERGE = (
 class CallScope:
     """What one forward call of the model passes from block ℓ to the head."""
 
-    __slots__ = ("pooled", "source_output", "replaced")
+    __slots__ = ("root", "pooled", "source_output", "replaced")
 
-    def __init__(self) -> None:
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root  # the model object this call runs on (a DataParallel replica's own modules, for instance)
         self.pooled: Optional[torch.Tensor] = None  # s, block ℓ's pooled output, consumed by the head
         self.source_output: Any = None  # block ℓ's raw output: what bypassed blocks return under replace
         self.replaced = False  # a replace adapter's source has run: what follows up to the head is bypassed
@@ -69,7 +70,7 @@ def _scoped_layers(root: nn.Module) -> list["SkipCollapseLayer"]:
 
 def open_scope(root: nn.Module) -> CallScope:
     """Give every SkipCollapse layer under `root` (this call's module objects) a fresh scope."""
-    scope = CallScope()
+    scope = CallScope(root)
     for layer in _scoped_layers(root):
         layer._scope = scope
     return scope
@@ -279,9 +280,9 @@ class SkipHeadLayer(SkipCollapseLayer):
         self.skipcollapse_gate = nn.ModuleDict()
         self.skipcollapse_head = nn.ModuleDict()
         self.fusion: dict[str, str] = {}
-        # Per adapter, a frozen module of the base model (its final norm) applied to s, held outside the module
-        # tree so it is neither saved with the adapter nor counted twice.
-        self._skip_norms: dict[str, list[nn.Module]] = {}
+        # Per adapter, the name of a frozen module of the base model (its final norm) applied to s, or "". A name,
+        # looked up in the call's model, not a module held here: a DataParallel replica must use its own copy.
+        self._skip_norms: dict[str, str] = {}
         self.merged_adapters = []
 
     def update_layer(
@@ -292,7 +293,7 @@ class SkipHeadLayer(SkipCollapseLayer):
         source_dim: int,
         skip_dim: int,
         projection: str,
-        skip_norm: Optional[nn.Module] = None,
+        skip_norm: str = "",
     ) -> None:
         base = self.base_layer
         if projection == "identity":
@@ -312,7 +313,7 @@ class SkipHeadLayer(SkipCollapseLayer):
             head = copy.deepcopy(base)
         self.skipcollapse_head[adapter_name] = head
         self.fusion[adapter_name] = fusion
-        self._skip_norms[adapter_name] = [skip_norm] if skip_norm is not None else []
+        self._skip_norms[adapter_name] = skip_norm
         self.set_adapter(self.active_adapters)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -327,7 +328,7 @@ class SkipHeadLayer(SkipCollapseLayer):
                 "itself (not its head or a submodule), which runs block ℓ before the head"
             )
         scope.pooled = None  # each call's skip is used once
-        skip = self._skip(adapter, pooled)
+        skip = self._skip(adapter, pooled, scope.root)
         head = self.skipcollapse_head[adapter]
         fusion = self.fusion[adapter]
         if fusion == "replace":
@@ -338,10 +339,13 @@ class SkipHeadLayer(SkipCollapseLayer):
             z = x + skip.to(x.dtype)
         return head(_cast(z, _dtype_of(head)))
 
-    def _skip(self, adapter: str, pooled: torch.Tensor) -> torch.Tensor:
+    def _skip(self, adapter: str, pooled: torch.Tensor, root: nn.Module) -> torch.Tensor:
         """g·P(norm(s)) for add/concat fusion, P(norm(s)) for replace."""
-        for norm in self._skip_norms.get(adapter, []):
-            pooled = norm(pooled)
+        norm_name = self._skip_norms.get(adapter)
+        if norm_name:
+            norm = root.get_submodule(norm_name)
+            # unwrapped: under replace fusion the final norm sits after block ℓ and is wrapped to be bypassed
+            pooled = (norm.get_base_layer() if isinstance(norm, BaseTunerLayer) else norm)(pooled)
         proj = self.skipcollapse_proj[adapter]
         if isinstance(proj, nn.Linear) and pooled.shape[-1] != proj.in_features:
             raise ValueError(

@@ -116,15 +116,13 @@ class SkipCollapseModel(BaseTuner):
             if not isinstance(layer, SkipHeadLayer):
                 layer = SkipHeadLayer(target)
                 self._replace_module(parent, target_name, layer, target)
-            # unwrapped: under replace fusion the final norm sits after block ℓ and is itself wrapped to be bypassed
-            norm = _base(self.model.get_submodule(peft_config.skip_norm)) if peft_config.skip_norm else None
             layer.update_layer(
                 adapter_name,
                 fusion=peft_config.fusion,
                 source_dim=peft_config.source_dim,
                 skip_dim=_skip_width(peft_config, target),
                 projection=peft_config.projection,
-                skip_norm=norm,
+                skip_norm=peft_config.skip_norm or "",
             )
         elif isinstance(target, SkipBypassLayer):
             target.update_layer(adapter_name)
