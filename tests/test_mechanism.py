@@ -84,6 +84,19 @@ def test_data_parallel_replicas_in_threads_give_the_models_logits(family: str, f
             torch.testing.assert_close(got, expected[i], rtol=0, atol=0)
 
 
+def test_head_inputs_of_data_parallel_replicas_are_refused_with_the_way_out() -> None:
+    """Replicas split a batch's z between threads; the capture says so instead of handing one replica's rows to a
+    loss that has the labels of the whole batch."""
+    model = _adapted("hf-bert")
+    inputs = make_inputs("hf-bert")
+    with skipcollapse.HeadInputs(model) as capture, torch.no_grad():
+        logits_of(model, inputs)
+        assert capture.latest.shape[0] == inputs["labels"].shape[0]
+        logits_of(_replicas(model, count=1)[0], inputs)
+        with pytest.raises(RuntimeError, match=r"(?s)DataParallel.*accelerate launch"):
+            capture.latest
+
+
 @pytest.mark.parametrize("fusion", ["add", "replace"])
 def test_a_replica_uses_its_own_copy_of_the_skip_norm(fusion: str) -> None:
     """On several GPUs each DataParallel replica holds its own copy of every weight; the skip's norm (ViT's final

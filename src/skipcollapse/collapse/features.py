@@ -61,15 +61,25 @@ class HeadInputs:
         # a plain head, or a peft wrapper of it, receives z itself.
         copies = getattr(self.head, "skipcollapse_head", None)
         self._active = getattr(model, "active_adapter", None) if copies is not None else None
-        targets = [*copies.values(), self.head.base_layer] if copies is not None else [self.head]
-        self._handles = [t.register_forward_pre_hook(self._remember) for t in targets]
+        self._targets = [*copies.values(), self.head.base_layer] if copies is not None else [self.head]
+        self._handles = [t.register_forward_pre_hook(self._remember) for t in self._targets]
+        self._replicated = False
 
     def _remember(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        # nn.DataParallel runs shallow copies of the model, which share the hooks: the hook then sees a copy.
+        self._replicated = self._replicated or not any(module is target for target in self._targets)
         self._latest = args[0]
 
     @property
     def latest(self) -> torch.Tensor:
         """z of the last forward pass, with its autograd graph (detach it for metrics)."""
+        if self._replicated:
+            raise RuntimeError(
+                "the model ran as nn.DataParallel replicas (the Trainer does this on several GPUs without a "
+                "launcher), which split each batch's head inputs between threads, so no single z covers the batch. "
+                "Launch with `accelerate launch` or `torchrun` (DDP, where the collapse loss and metrics are exact "
+                "across processes), or use one GPU (CUDA_VISIBLE_DEVICES=0)"
+            )
         if self._latest is None:
             raise RuntimeError("no forward pass has run since the capture started")
         return self._latest
