@@ -84,6 +84,18 @@ def test_data_parallel_replicas_in_threads_give_the_models_logits(family: str, f
             torch.testing.assert_close(got, expected[i], rtol=0, atol=0)
 
 
+def test_the_scope_reaches_the_layers_by_name_and_walks_the_model_when_a_name_is_gone() -> None:
+    from skipcollapse.adapter.layer import _scoped_layers
+
+    model = _adapted("hf-bert", fusion="replace")
+    base, names = model.get_base_model(), model.base_model._scoped_names
+    walked = _scoped_layers(base)
+    assert len(walked) > 2 and _scoped_layers(base, names) == walked  # source, bypassed modules, head
+    assert _scoped_layers(base, [*names, "no.such.module"]) == walked  # a stale name: the model is walked instead
+    model.add_adapter("other", SkipCollapseConfig(source_layer=0, fusion="add"))
+    assert _scoped_layers(base, names) == _scoped_layers(base)  # updated in place for the hooks
+
+
 def test_head_inputs_of_data_parallel_replicas_are_refused_with_the_way_out() -> None:
     """Replicas split a batch's z between threads; the capture says so instead of handing one replica's rows to a
     loss that has the labels of the whole batch."""

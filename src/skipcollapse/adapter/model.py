@@ -9,6 +9,7 @@ BatchNorm statistics frozen in train mode.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import warnings
 from typing import Any, Optional
@@ -137,10 +138,18 @@ class SkipCollapseModel(BaseTuner):
         self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
         self._bypassed_cache = {}
         super().inject_adapter(model, adapter_name, *args, **kwargs)
+        # Where the layers are, for the hooks that open and close each call's scope (updated in place, so hooks
+        # registered for an earlier adapter see the layers of a later one too).
+        names = getattr(self, "_scoped_names", None)
+        if names is None:
+            names = self._scoped_names = []
+        names[:] = [name for name, module in model.named_modules() if isinstance(module, SkipCollapseLayer)]
         if not getattr(self, "_scope_hooks", None):
             self._scope_hooks = [
-                model.register_forward_pre_hook(scope_pre_hook, with_kwargs=True),
-                model.register_forward_hook(scope_post_hook, with_kwargs=True, always_call=True),
+                model.register_forward_pre_hook(functools.partial(scope_pre_hook, names=names), with_kwargs=True),
+                model.register_forward_hook(
+                    functools.partial(scope_post_hook, names=names), with_kwargs=True, always_call=True
+                ),
             ]
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:

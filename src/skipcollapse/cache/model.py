@@ -57,7 +57,8 @@ class CachedSkipModel(nn.Module):
         source = base.get_submodule(config.source_layer)
         head = base.get_submodule(config.head_module)
         args, kwargs = self.cache.inputs(cache_index.cpu(), device=_device_of(base))
-        scope = open_scope(base)  # this call's scope, as the model's own forward hooks would open it
+        names = getattr(self.peft_model.base_model, "_scoped_names", None)  # where the tuner's layers are
+        scope = open_scope(base, names)  # this call's scope, as the model's own forward hooks would open it
         try:
             output = source(*args, **kwargs)
             if scope.replaced:  # replace fusion: nothing after ℓ runs; the head classifies P(s), not its input
@@ -67,7 +68,7 @@ class CachedSkipModel(nn.Module):
                     self._suffix = suffix_runner(base, config.source_layer)
                 logits = head(self._suffix(output, args, kwargs))
         finally:
-            close_scope(base)
+            close_scope(base, names)
         loss = None if labels is None else _classification_loss(base, logits, labels.to(logits.device))
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
