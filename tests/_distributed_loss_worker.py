@@ -68,11 +68,11 @@ def main(out_path: str) -> None:
     ddp = nn.parallel.DistributedDataParallel(net)
     criterion = CollapseLoss(collapse_lambda=LAMBDA, num_classes=4)
     logits, z = ddp(x_r)
-    loss = criterion(logits, z, y_r)
+    loss, parts = criterion.loss_and_parts(logits, z, y_r)
     loss.backward()
     results["collapse_loss"] = {
         "loss": loss.item(),
-        "penalty": criterion.last_parts["collapse_penalty"],
+        "penalty": parts["collapse_penalty"].item(),
         "grads": grads_of(net),
     }
 

@@ -133,7 +133,7 @@ def test_lam_zero_is_exactly_cross_entropy():
     y[2] = -100
     crit = CollapseLoss(collapse_lambda=0.0)
     assert torch.equal(crit(logits, feats, y), F.cross_entropy(logits, y))
-    assert math.isnan(crit.last_parts["collapse_penalty"])  # not computed
+    assert math.isnan(crit.loss_and_parts(logits, feats, y)[1]["collapse_penalty"])  # not computed
 
 
 def test_loss_is_ce_plus_lambda_penalty_and_logs_parts():
@@ -145,8 +145,10 @@ def test_loss_is_ce_plus_lambda_penalty_and_logs_parts():
     ce = F.cross_entropy(logits, y, label_smoothing=0.1)
     pen = reference_penalty(z, y)
     assert abs(loss.item() - (ce + 0.3 * pen).item()) < 1e-12
-    assert crit.last_parts == pytest.approx({"ce": ce.item(), "collapse_penalty": pen.item()})
-    assert all(type(v) is float for v in crit.last_parts.values())
+    same, parts = crit.loss_and_parts(logits, z, y)
+    assert torch.equal(same, loss)
+    assert {k: v.item() for k, v in parts.items()} == pytest.approx({"ce": ce.item(), "collapse_penalty": pen.item()})
+    assert all(not v.requires_grad for v in parts.values())  # detached, still on the loss's device
 
 
 # --- gradient accumulation --------------------------------------------------------------------
@@ -253,11 +255,13 @@ def test_two_process_ddp_matches_single_process_global_batch(tmp_path):
     net, x, y = worker.make_problem()
     crit = CollapseLoss(collapse_lambda=worker.LAMBDA, num_classes=4)
     logits, z = net(x)
-    crit(logits, z, y).backward()
+    loss, parts = crit.loss_and_parts(logits, z, y)
+    loss.backward()
     ref_grads = {n: p.grad.flatten() for n, p in net.named_parameters()}
-    assert crit.last_parts["collapse_penalty"] > 0.01  # the penalty really contributes
+    penalty = parts["collapse_penalty"].item()
+    assert penalty > 0.01  # the penalty really contributes
     for rank in ranks:
-        assert abs(rank["collapse_loss"]["penalty"] - crit.last_parts["collapse_penalty"]) < 1e-10
+        assert abs(rank["collapse_loss"]["penalty"] - penalty) < 1e-10
         for name, g in rank["collapse_loss"]["grads"].items():
             got = torch.tensor(g, dtype=torch.float64)
             assert torch.allclose(got, ref_grads[name], rtol=0, atol=1e-10), name

@@ -202,9 +202,7 @@ class CollapseLoss(nn.Module):
     then a sum over that many items and the penalty is weighted by this micro-batch's share of them, so the
     optimised objective is the window's mean CE plus λ times the mean of the micro-batch penalties.
 
-    After each call, ``self.last_parts`` holds the detached parts as Python floats,
-    ``{"ce": ..., "collapse_penalty": ...}`` (``ce`` the micro-batch mean), for logging; the penalty is
-    ``nan`` when ``collapse_lambda == 0`` because it was not computed.
+    `loss_and_parts` returns the loss with its detached parts for logging (what `CollapseLossFunc` logs).
     """
 
     ignore_index: int = -100
@@ -218,11 +216,18 @@ class CollapseLoss(nn.Module):
         self.collapse_lambda = float(collapse_lambda)
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
-        self.last_parts: dict[str, float] = {"ce": math.nan, "collapse_penalty": math.nan}
 
     def forward(
         self, logits: Tensor, features: Tensor | None, labels: Tensor, num_items_in_batch: Tensor | int | None = None
     ) -> Tensor:
+        return self.loss_and_parts(logits, features, labels, num_items_in_batch)[0]
+
+    def loss_and_parts(
+        self, logits: Tensor, features: Tensor | None, labels: Tensor, num_items_in_batch: Tensor | int | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss and its parts, detached: ``{"ce": micro-batch mean CE, "collapse_penalty": ...}`` (the penalty
+        is NaN when ``collapse_lambda == 0``: not computed). The parts stay tensors on the loss's device, so reading
+        them (a device sync) waits until the caller logs, not every step."""
         common = dict(ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
         if num_items_in_batch is None:
             ce = F.cross_entropy(logits, labels, **common)
@@ -233,13 +238,12 @@ class CollapseLoss(nn.Module):
             with torch.no_grad():
                 mean_ce = F.cross_entropy(logits, labels, **common)
         if self.collapse_lambda == 0:
-            self.last_parts = {"ce": float(mean_ce.detach()), "collapse_penalty": math.nan}
-            return ce
+            return ce, {"ce": mean_ce.detach(), "collapse_penalty": torch.full_like(mean_ce.detach(), math.nan)}
         if features is None:
             raise ValueError("collapse_lambda > 0 needs the head-input features of these logits")
         penalty = collapse_penalty(features, labels, self.num_classes, ignore_index=self.ignore_index)
-        self.last_parts = {"ce": float(mean_ce.detach()), "collapse_penalty": float(penalty.detach())}
-        return ce + self.collapse_lambda * share * penalty
+        parts = {"ce": mean_ce.detach(), "collapse_penalty": penalty.detach()}
+        return ce + self.collapse_lambda * share * penalty, parts
 
     def extra_repr(self) -> str:
         return (

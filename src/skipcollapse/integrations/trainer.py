@@ -50,7 +50,7 @@ class CollapseLossFunc:
     ) -> None:
         self.capture = HeadInputs(model, head_module)
         self.loss = CollapseLoss(collapse_lambda, num_classes)
-        self._parts: dict[str, float] = {}
+        self._parts: dict[str, torch.Tensor] = {}  # sums of detached parts since the last log (no sync per step)
         self._count = 0
 
     @property
@@ -59,23 +59,24 @@ class CollapseLossFunc:
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         features = self.capture.latest if self.loss.collapse_lambda else None
-        loss = self.loss(logits_of(outputs), features, labels, num_items_in_batch)
+        loss, parts = self.loss.loss_and_parts(logits_of(outputs), features, labels, num_items_in_batch)
         if torch.is_grad_enabled() and self.loss.collapse_lambda:
-            self._record(**self.loss.last_parts)
+            self._record(**parts)
         return loss
 
-    def _record(self, **parts: float) -> None:
+    def _record(self, **parts: torch.Tensor) -> None:
         self.add_to_step(**parts)
         self._count += 1
 
-    def add_to_step(self, **parts: float) -> None:
+    def add_to_step(self, **parts: torch.Tensor) -> None:
         """Add parts computed elsewhere for the current step (e.g. the GC regulariser) to the logged means."""
         for name, value in parts.items():
-            self._parts[name] = self._parts.get(name, 0.0) + value
+            value = value.detach()
+            self._parts[name] = self._parts[name] + value if name in self._parts else value
 
     def pop_parts(self) -> dict[str, float]:
         """Mean of each recorded part since the last call (what `CollapseTrainer` logs)."""
-        means = {name: total / self._count for name, total in self._parts.items()} if self._count else {}
+        means = {name: float(total) / self._count for name, total in self._parts.items()} if self._count else {}
         self._parts, self._count = {}, 0
         return means
 
@@ -121,7 +122,7 @@ class CollapseTrainer(Trainer):
         result = super().compute_loss(model, {**inputs, name: x}, *args, **kwargs)
         loss = result[0] if isinstance(result, tuple) else result
         gc = gc_from_outputs(self.compute_loss_func.capture.latest, x, self.gc_projections)
-        self.compute_loss_func.add_to_step(geometric_complexity=float(gc.detach()))
+        self.compute_loss_func.add_to_step(geometric_complexity=gc)
         loss = loss + self.gc_lambda * gc
         return (loss, *result[1:]) if isinstance(result, tuple) else loss
 
