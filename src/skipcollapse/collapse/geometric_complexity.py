@@ -157,7 +157,7 @@ def gc_penalty(
 
 
 class GeometricComplexityRegularizer(nn.Module):
-    """``gc_lambda * gc_penalty(fn, inputs)`` as a module; keeps the last GC value in ``last_gc``.
+    """``gc_lambda * gc_penalty(fn, inputs)`` as a module; `penalty_and_gc` also returns the GC estimate itself.
 
     ``fn`` is passed per call (rather than stored) because it usually closes over the current
     batch's non-differentiable arguments (attention masks and the like).
@@ -175,18 +175,15 @@ class GeometricComplexityRegularizer(nn.Module):
         self.num_projections = num_projections
         self.projection: Projection = projection
         self.generator = generator
-        self.last_gc = float("nan")
 
     def forward(self, fn: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
-        gc = gc_penalty(
-            fn,
-            inputs,
-            self.num_projections,
-            generator=self.generator,
-            projection=self.projection,
-        )
-        self.last_gc = float(gc.detach())
-        return self.gc_lambda * gc
+        return self.penalty_and_gc(fn, inputs)[0]
+
+    def penalty_and_gc(self, fn: Callable[[Tensor], Tensor], inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(gc_lambda * GC, GC detached)``: the penalty to add to the loss, and the estimate to log (a tensor on
+        the inputs' device, so reading it waits until the caller logs)."""
+        gc = gc_penalty(fn, inputs, self.num_projections, generator=self.generator, projection=self.projection)
+        return self.gc_lambda * gc, gc.detach()
 
     def extra_repr(self) -> str:
         return (
