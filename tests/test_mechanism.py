@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 
 import pytest
 import torch
@@ -298,3 +299,84 @@ def test_a_swin_stage_as_source_measures_its_width_and_stays_a_drop_in() -> None
     assert model(pixel_values=pixels).logits.shape == (2, 3)
     with pytest.raises(ValueError, match="source_dim=48, but 'swin.encoder.layers.0'.*gives 32"):
         get_peft_model(SwinForImageClassification(config), SkipCollapseConfig(**stage, source_dim=48))
+
+
+@pytest.mark.parametrize("family", ["hf-bert", "hf-roberta"])
+def test_seq_cls_task_type_trains_saves_and_reloads(family: str, tmp_path) -> None:
+    """peft's sequence-classification model adds 'classifier' to the config and wraps what it lists; the head
+    (or, for RoBERTa, the classification head around it) must not be wrapped, and the adapter must reload."""
+    from peft.utils import ModulesToSaveWrapper
+
+    config = SkipCollapseConfig(task_type="SEQ_CLS")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # peft added 'classifier', not the user: nothing to warn about
+        model = get_peft_model(build(family), config)
+    head = model.peft_config["default"].head_module
+    wrapped = [n for n, m in model.get_base_model().named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    assert not any(head == n or head.startswith(n + ".") for n in wrapped), wrapped
+    _open_gates(model)
+    model.train()
+    loss_of(model, make_inputs(family)).backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    model.eval()
+    inputs = make_inputs(family, seed=5)
+    with torch.no_grad():
+        expected = logits_of(model, inputs)
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(build(family), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(reloaded, inputs), expected, rtol=0, atol=0)
+    get_peft_model(build(family), config)  # the same config object again
+
+
+def test_add_weighted_adapter_is_refused_with_the_way_out() -> None:
+    model = _adapted("hf-bert")
+    model.add_adapter("other", SkipCollapseConfig())
+    with pytest.raises(ValueError, match="cannot be combined by weights.*set_adapter"):
+        model.add_weighted_adapter(["default", "other"], [0.5, 0.5], "mix")
+
+
+def test_an_adapter_added_next_to_a_replace_adapter_measures_the_base_block() -> None:
+    family = "timm-efficientnet"
+    alone = _adapted(family, source_layer=-1, fusion="add")
+    both = _adapted(family, source_layer=2, fusion="replace")
+    both.add_adapter("late", SkipCollapseConfig(source_layer=-1, fusion="add"))
+    assert both.peft_config["late"].source_dim == alone.peft_config["default"].source_dim
+    both.set_adapter("late")
+    _open_gates(both)
+    with torch.no_grad():
+        logits_of(both, make_inputs(family))  # a width measured through the other adapter's bypass would fail here
+
+
+def test_deleting_the_active_adapter_activates_a_remaining_one() -> None:
+    family, inputs = "timm-efficientnet", make_inputs("timm-efficientnet")
+    single = _adapted(family, seed=0, source_layer=2)
+    both = _adapted(family, seed=0, source_layer=2)
+    both.add_adapter("other", SkipCollapseConfig(source_layer=1))
+    both.set_adapter("other")
+    both.delete_adapter("other")
+    assert both.active_adapter == "default"
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(both, inputs), logits_of(single, inputs), rtol=0, atol=0)
+
+
+def test_a_frozen_adapter_keeps_its_batchnorm_statistics_in_train_mode(tmp_path) -> None:
+    family = "timm-efficientnet"
+    _adapted(family).save_pretrained(tmp_path)
+    frozen = PeftModel.from_pretrained(build(family), tmp_path, is_trainable=False)
+    before = {k: v.clone() for k, v in frozen.state_dict().items() if "running" in k}
+    frozen.train()
+    with torch.no_grad():
+        logits_of(frozen, make_inputs(family))
+    assert all(torch.equal(v, frozen.state_dict()[k]) for k, v in before.items())
+    trainable = PeftModel.from_pretrained(build(family), tmp_path, is_trainable=True).train()
+    copies = [m for n, m in trainable.named_modules() if ".skipcollapse_block." in n and isinstance(m, nn.BatchNorm2d)]
+    assert copies and all(m.training for m in copies)  # a trained copy's statistics do train
+
+
+def test_a_modules_to_save_entry_around_the_head_is_left_out_with_a_warning() -> None:
+    config = SkipCollapseConfig(modules_to_save=["classifier"])
+    with pytest.warns(UserWarning, match="'classifier' contains SkipCollapse's source block or head"):
+        model = get_peft_model(build("hf-bert"), config)
+    assert "classifier" not in model.peft_config["default"].modules_to_save
+    assert config.modules_to_save == ["classifier"]  # the user's config object is left as it was

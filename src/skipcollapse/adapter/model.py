@@ -8,10 +8,12 @@ BatchNorm statistics frozen in train mode.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import re
 import warnings
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
@@ -31,7 +33,10 @@ from .layer import (
     scope_pre_hook,
 )
 
-_ADAPTER_OWNED = re.compile(r"(^|\.)(skipcollapse_\w+|modules_to_save)(\.|$)")
+_SEQ_CLS_ADDS = ("classifier", "score")  # what peft's sequence-classification model adds to modules_to_save
+
+# One adapter's entry in a per-adapter container ('...skipcollapse_block.default', '...modules_to_save.default').
+_ADAPTER_ENTRY = re.compile(r"(^|\.)(skipcollapse_\w+|modules_to_save)\.[^.]+$")
 
 
 class SkipCollapseModel(BaseTuner):
@@ -135,9 +140,16 @@ class SkipCollapseModel(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         # Resolve a copy: the config object the user passed stays as it was, reusable for another model.
-        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
+        passed = self.peft_config[adapter_name]
+        self.peft_config[adapter_name] = copy.deepcopy(passed)
         self._bypassed_cache = {}
         super().inject_adapter(model, adapter_name, *args, **kwargs)
+        kept = self.peft_config[adapter_name].modules_to_save or []
+        if passed.task_type == "SEQ_CLS" and passed.modules_to_save:
+            # peft's sequence-classification model adds "classifier" to the config it was given (only then) and, once
+            # this tuner is built, wraps whatever that config lists; drop what resolution left out (it contains our
+            # head or source block, which the adapter already trains), or that wrapper would hide the skip path.
+            passed.modules_to_save = [name for name in passed.modules_to_save if name in kept]
         # Where the layers are, for the hooks that open and close each call's scope (updated in place, so hooks
         # registered for an earlier adapter see the layers of a later one too).
         names = getattr(self, "_scoped_names", None)
@@ -188,7 +200,15 @@ class SkipCollapseModel(BaseTuner):
         """
         super().train(mode)
         if mode:
-            for module in frozen_batchnorms(self.model, owned_by_adapter=_ADAPTER_OWNED.search):
+            trained = [
+                name for name, module in self.model.named_modules()
+                if _ADAPTER_ENTRY.search(name) and any(p.requires_grad for p in module.parameters())
+            ]
+
+            def trained_by_an_adapter(name: str) -> bool:  # a frozen (inference-mode) adapter's copy keeps its stats
+                return any(name == entry or name.startswith(entry + ".") for entry in trained)
+
+            for module in frozen_batchnorms(self.model, owned_by_adapter=trained_by_an_adapter):
                 module.eval()
         return self
 
@@ -198,6 +218,21 @@ class SkipCollapseModel(BaseTuner):
 
     def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
         raise ValueError(NO_MERGE)
+
+    def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(
+            "SkipCollapse adapters cannot be combined by weights: each has its own source block, projection and "
+            "head copy, and no weighted sum of two of them is an adapter. Switch between them with set_adapter, or "
+            "train one adapter on the combined data"
+        )
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        was_active = adapter_name in self.active_adapters
+        super().delete_adapter(adapter_name)
+        if was_active and self.peft_config:
+            # peft takes the next active adapter from the first tuner layer, which here may have held only the deleted
+            # adapter (adapters wrap different blocks); activate the first remaining adapter on every layer instead.
+            self.set_adapter(next(iter(self.peft_config)))
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
@@ -271,7 +306,10 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
     loading = config.base_model_class is not None  # a resolved config: an adapter being loaded or re-applied
     if loading:
         _check_loaded_widths(config, model, arch, head)
-    measured = None if arch and arch.hidden_size else measure_output_width(model, source, config.pooling)
+    measured = None
+    if not (arch and arch.hidden_size):
+        with _adapters_off(model):  # another adapter's replace fusion would hand the block a different output
+            measured = measure_output_width(model, source, config.pooling)
     if loading and config.source_dim is not None and measured is not None and config.source_dim != measured:
         raise ValueError(_loading_mismatch(config, f"{source!r} gives {config.source_dim} features", f"{measured}"))
     if config.source_dim is not None and measured is not None and config.source_dim != measured:
@@ -298,6 +336,20 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
     config.modules_to_save = _modules_to_save(config, model, arch)
     config.base_model_class = model_class
     config.num_classes = head.out_features
+
+
+@contextlib.contextmanager
+def _adapters_off(model: nn.Module) -> Iterator[None]:
+    """The base model's own computation while measuring, whatever adapters are already on it (flags restored)."""
+    layers = [module for module in model.modules() if isinstance(module, SkipCollapseLayer)]
+    flags = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, flags):
+            layer._disable_adapters = flag
 
 
 def _loading_mismatch(config: SkipCollapseConfig, trained: str, here: str) -> str:
@@ -397,11 +449,12 @@ def _modules_to_save(config: SkipCollapseConfig, model: nn.Module, arch: Optiona
     for entry in wanted:
         matched = [n for n in names if n == entry or n.endswith("." + entry)]
         if any(own == n or own.startswith(n + ".") for n in matched for own in ours):
-            warnings.warn(
-                f"modules_to_save entry {entry!r} contains SkipCollapse's source block or head, which the adapter "
-                "already trains; it is left out",
-                stacklevel=3,
-            )
+            if not (config.task_type == "SEQ_CLS" and entry in _SEQ_CLS_ADDS):  # the user did not ask for these
+                warnings.warn(
+                    f"modules_to_save entry {entry!r} contains SkipCollapse's source block or head, which the adapter "
+                    "already trains; it is left out",
+                    stacklevel=3,
+                )
             continue
         kept.append(entry)
     return kept
