@@ -145,6 +145,25 @@ def test_compile_fullgraph_gives_the_same_logits_and_gradients(family: str, fusi
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels: ~10 s per model on these machines
+@pytest.mark.parametrize("fusion", ["add", "replace"])
+def test_compile_with_inductor_gives_the_same_logits_and_gradients(fusion: str) -> None:
+    torch._dynamo.reset()
+    model = _adapted("hf-bert", fusion=fusion)
+    inputs = make_inputs("hf-bert")
+    compiled = torch.compile(model)  # the default backend, as TrainingArguments(torch_compile=True) uses
+    for run in (model, compiled):
+        run.zero_grad()
+        loss_of(run, inputs).backward()
+        if run is model:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(compiled, inputs), logits_of(model, inputs), rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("fusion", ["add", "concat", "replace"])
 @pytest.mark.parametrize("family", ["hf-bert", "timm-efficientnet"])
 def test_gradient_checkpointing_recomputes_the_block_copy_and_keeps_the_gradients(family: str, fusion: str) -> None:
