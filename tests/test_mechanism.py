@@ -145,6 +145,23 @@ def test_compile_fullgraph_gives_the_same_logits_and_gradients(family: str, fusi
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_a_capture_opened_after_the_model_was_compiled_and_run_says_what_to_do() -> None:
+    torch._dynamo.reset()
+    model = _adapted("hf-vit")
+    inputs = make_inputs("hf-vit")
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        logits_of(compiled, inputs)  # compiled before the capture's hook existed
+        with skipcollapse.HeadInputs(compiled) as capture:
+            logits_of(compiled, inputs)
+            with pytest.raises(RuntimeError, match="before the first call of the compiled model"):
+                capture.latest
+        torch._dynamo.reset()
+        with skipcollapse.HeadInputs(compiled) as capture:  # the way out the message gives
+            logits_of(compiled, inputs)
+            assert capture.latest.shape[0] == inputs["labels"].shape[0]
+
+
 @pytest.mark.slow  # inductor compiles C++ kernels: ~10 s per model on these machines
 @pytest.mark.parametrize("fusion", ["add", "replace"])
 def test_compile_with_inductor_gives_the_same_logits_and_gradients(fusion: str) -> None:

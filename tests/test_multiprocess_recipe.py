@@ -1,4 +1,4 @@
-"""The fine-tune recipe under `accelerate launch` with two real processes (gloo on CPU)."""
+"""The fine-tune recipe under `accelerate launch` with two real processes (gloo on CPU), with the collapse-aware loss."""
 
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ def test_two_process_finetune_trains_evaluates_and_saves_an_adapter_that_loads_b
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         str(ROOT / "recipes/accelerate/two_cpu_processes.yaml"), "--main_process_port", str(_free_port()),
         str(ROOT / "recipes/finetune.py"), "--k-shot", "6", "--image-size", "32", "--epochs", "2",
-        "--batch-size", "8", "--nc-callback", "--output-dir", str(out),
+        "--batch-size", "8", "--nc-callback", "--collapse-lambda", "0.5", "--output-dir", str(out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "world size 2" in done.stdout
+    assert "'collapse_penalty'" in done.stdout + done.stderr  # the loss's parts, averaged over both processes
     result = json.loads((out / "result.json").read_text())
     assert result["train_examples"] == 60 and 0.0 <= result["test_accuracy"] <= 1.0
 

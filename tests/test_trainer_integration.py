@@ -139,6 +139,18 @@ def test_collapse_trainer_logs_the_parts_and_lowers_the_penalty(tmp_path) -> Non
     assert with_penalty < 0.8 * without
 
 
+def test_logged_parts_add_up_to_the_logged_loss_with_unequal_micro_batches(tmp_path) -> None:
+    """12 examples, micro-batches of 8 and 4 in one accumulation window: the loss weights each micro-batch's penalty
+    by its share of the items, and the logged parts must be weighted the same way."""
+    lam = 0.7
+    model = get_peft_model(build("hf-vit"), SkipCollapseConfig())
+    args = _args(tmp_path, gradient_accumulation_steps=2, max_steps=1, learning_rate=0.0)
+    trainer = CollapseTrainer(model=model, args=args, train_dataset=_Dicts("hf-vit", n=12), collapse_lambda=lam)
+    trainer.train()
+    logged = next(e for e in trainer.state.log_history if "collapse_penalty" in e)
+    assert logged["loss"] == pytest.approx(logged["ce"] + lam * logged["collapse_penalty"], rel=1e-4)
+
+
 def test_geometric_complexity_regulariser_is_logged_and_trains(tmp_path) -> None:
     model = get_peft_model(build("hf-resnet"), SkipCollapseConfig())
     args = _args(tmp_path, max_steps=2)

@@ -27,6 +27,15 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether a torch.compile wrapper sits anywhere among the wrappers `unwrap` strips."""
+    while isinstance(model, nn.Module):
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            return True
+        model = getattr(model, "module", None)
+    return False
+
+
 def base_model(model: nn.Module) -> nn.Module:
     """The classifier under every wrapper: DDP/accelerate/compile (`unwrap`), then a PeftModel's base model."""
     model = unwrap(model)
@@ -46,6 +55,7 @@ class HeadInputs:
     """
 
     def __init__(self, model: nn.Module, head_module: Optional[str] = None) -> None:
+        self._compiled = _is_compiled(model)
         model = unwrap(model)
         self._latest: Optional[torch.Tensor] = None
         base = base_model(model)
@@ -81,7 +91,14 @@ class HeadInputs:
                 "across processes), or use one GPU (CUDA_VISIBLE_DEVICES=0)"
             )
         if self._latest is None:
-            raise RuntimeError("no forward pass has run since the capture started")
+            hint = (
+                " (the model is compiled: a graph torch.compile built before this capture existed does not run its "
+                "hook; create the capture, e.g. CollapseLossFunc or CollapseTrainer, before the first call of the "
+                "compiled model, or call torch._dynamo.reset())"
+                if self._compiled
+                else ""
+            )
+            raise RuntimeError("no forward pass has run since the capture started" + hint)
         return self._latest
 
     def head_weight(self) -> torch.Tensor:

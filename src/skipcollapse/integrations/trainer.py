@@ -12,8 +12,9 @@ Scaling. When the Trainer passes `num_items_in_batch` (the labelled examples of 
 summed over processes when `average_tokens_across_devices`), it neither divides the loss by the accumulation
 steps nor averages it over processes by itself. The cross-entropy is then a sum over `num_items_in_batch`, and the
 penalty of each micro-batch is weighted by its share of the items, so that the optimised objective is the mean CE
-over the window plus λ times the mean of the micro-batch penalties, on one process or many (the penalty's
-statistics are all-reduced with autograd, see `skipcollapse.loss`).
+over the window plus λ times the item-weighted mean of the micro-batch penalties, on one process or many (the
+penalty's statistics are all-reduced with autograd, see `skipcollapse.loss`). The logged parts are weighted the same
+way (by each micro-batch's labelled items) and averaged over processes, like the Trainer's own `loss`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from ..collapse.distributed import is_distributed
 from ..collapse.features import HeadInputs, logits_of
 from ..collapse.geometric_complexity import gc_from_outputs
 from ..collapse.loss import CollapseLoss
@@ -50,8 +52,8 @@ class CollapseLossFunc:
     ) -> None:
         self.capture = HeadInputs(model, head_module)
         self.loss = CollapseLoss(collapse_lambda, num_classes)
-        self._parts: dict[str, torch.Tensor] = {}  # sums of detached parts since the last log (no sync per step)
-        self._count = 0
+        # per part since the last log: (item-weighted sum, items), detached tensors, so no device sync per step
+        self._parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def collapse_lambda(self) -> float:
@@ -61,24 +63,29 @@ class CollapseLossFunc:
         features = self.capture.latest if self.loss.collapse_lambda else None
         loss, parts = self.loss.loss_and_parts(logits_of(outputs), features, labels, num_items_in_batch)
         if torch.is_grad_enabled() and self.loss.collapse_lambda:
-            self._record(**parts)
+            self.add_to_step((labels != self.loss.ignore_index).sum(), **parts)
         return loss
 
-    def _record(self, **parts: torch.Tensor) -> None:
-        self.add_to_step(**parts)
-        self._count += 1
-
-    def add_to_step(self, **parts: torch.Tensor) -> None:
-        """Add parts computed elsewhere for the current step (e.g. the GC regulariser) to the logged means."""
+    def add_to_step(self, items: torch.Tensor, **parts: torch.Tensor) -> None:
+        """Add this micro-batch's parts, weighted by its labelled `items`, to the logged means (the loss's own parts,
+        and parts computed elsewhere for the same micro-batch, e.g. the GC regulariser)."""
         for name, value in parts.items():
-            value = value.detach()
-            self._parts[name] = self._parts[name] + value if name in self._parts else value
+            weighted, count = value.detach().double() * items, items.double()
+            if name in self._parts:
+                weighted, count = weighted + self._parts[name][0], count + self._parts[name][1]
+            self._parts[name] = (weighted, count)
 
     def pop_parts(self) -> dict[str, float]:
-        """Mean of each recorded part since the last call (what `CollapseTrainer` logs)."""
-        means = {name: float(total) / self._count for name, total in self._parts.items()} if self._count else {}
-        self._parts, self._count = {}, 0
-        return means
+        """Item-weighted mean of each part since the last call, over all processes (what `CollapseTrainer` logs;
+        every process must call it, as the Trainer's logging does)."""
+        if not self._parts:
+            return {}
+        names = sorted(self._parts)
+        totals = torch.stack([torch.stack(self._parts[name]) for name in names])  # [parts, (sum, items)]
+        if is_distributed():
+            torch.distributed.all_reduce(totals)
+        self._parts = {}
+        return {name: float(total[0] / total[1]) for name, total in zip(names, totals)}
 
 
 class CollapseTrainer(Trainer):
@@ -122,7 +129,7 @@ class CollapseTrainer(Trainer):
         result = super().compute_loss(model, {**inputs, name: x}, *args, **kwargs)
         loss = result[0] if isinstance(result, tuple) else result
         gc = gc_from_outputs(self.compute_loss_func.capture.latest, x, self.gc_projections)
-        self.compute_loss_func.add_to_step(geometric_complexity=gc)
+        self.compute_loss_func.add_to_step((inputs["labels"] != -100).sum(), geometric_complexity=gc)
         loss = loss + self.gc_lambda * gc
         return (loss, *result[1:]) if isinstance(result, tuple) else loss
 
