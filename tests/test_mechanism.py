@@ -97,6 +97,28 @@ def test_the_scope_reaches_the_layers_by_name_and_walks_the_model_when_a_name_is
     assert _scoped_layers(base, names) == _scoped_layers(base)  # updated in place for the hooks
 
 
+class _Wrapper(nn.Module):
+    """What activation-checkpointing or compile wrappers do: a module put in a layer's place, calling it."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+def test_a_wrapper_put_in_the_source_blocks_place_keeps_the_scope() -> None:
+    model = _adapted("timm-efficientnet", fusion="add")
+    inputs = make_inputs("timm-efficientnet")
+    with torch.no_grad():
+        expected = logits_of(model, inputs)
+        parent, _, index = model.peft_config["default"].source_layer.rpartition(".")
+        stage = model.get_base_model().get_submodule(parent)
+        stage[int(index)] = _Wrapper(stage[int(index)])
+        torch.testing.assert_close(logits_of(model, inputs), expected, rtol=0, atol=0)
+
+
 def test_head_inputs_of_data_parallel_replicas_are_refused_with_the_way_out() -> None:
     """Replicas split a batch's z between threads; the capture says so instead of handing one replica's rows to a
     loss that has the labels of the whole batch."""

@@ -151,6 +151,20 @@ def test_logged_parts_add_up_to_the_logged_loss_with_unequal_micro_batches(tmp_p
     assert logged["loss"] == pytest.approx(logged["ce"] + lam * logged["collapse_penalty"], rel=1e-4)
 
 
+def test_a_micro_batch_without_labelled_examples_does_not_turn_the_logged_parts_into_nan() -> None:
+    model = get_peft_model(build("hf-vit"), SkipCollapseConfig())
+    func = CollapseLossFunc(model, collapse_lambda=0.5, num_classes=3)
+    inputs = make_inputs("hf-vit", batch=6)
+    for labels in (inputs["labels"], torch.full_like(inputs["labels"], -100)):  # the second: nothing labelled
+        outputs = model(pixel_values=inputs["pixel_values"])
+        func(outputs, labels, num_items_in_batch=torch.tensor(6))
+    parts = func.pop_parts()
+    assert parts and all(value == value for value in parts.values())  # no NaN
+    with torch.no_grad():
+        outputs = model(pixel_values=inputs["pixel_values"])
+    assert parts["ce"] == pytest.approx(F.cross_entropy(outputs.logits, inputs["labels"]).item(), rel=1e-5)
+
+
 def test_geometric_complexity_regulariser_is_logged_and_trains(tmp_path) -> None:
     model = get_peft_model(build("hf-resnet"), SkipCollapseConfig())
     args = _args(tmp_path, max_steps=2)

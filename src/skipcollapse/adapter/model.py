@@ -139,7 +139,7 @@ class SkipCollapseModel(BaseTuner):
         # which adapter is active on the new layers is set by peft's inject_adapter right after this
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
-        # Resolve a copy: the config object the user passed stays as it was, reusable for another model.
+        # Resolve a copy: the config object the user passed stays as it was (but for SEQ_CLS, below), reusable.
         passed = self.peft_config[adapter_name]
         self.peft_config[adapter_name] = copy.deepcopy(passed)
         self._bypassed_cache = {}
@@ -252,10 +252,16 @@ class SkipCollapseModel(BaseTuner):
     ) -> dict[str, torch.Tensor]:
         """Adapters saved by skipcollapse 0.1.0 kept the skip's projection and gate under block ℓ; they now live under
         the head (so FSDP can free block ℓ's weights after its forward). Their keys are moved there on loading, so
-        those adapters load whole instead of coming back with a closed gate and a fresh projection."""
+        those adapters load whole instead of coming back with a closed gate and a fresh projection. (The earliest
+        files stored the gate as a bare parameter, '<block>.skipcollapse_gate', now the gate module's weight.)"""
         if config.source_layer and config.head_module:
-            old = re.compile(rf"(^|\.){re.escape(config.source_layer)}\.(skipcollapse_(?:proj|gate))\.")
-            state_dict = {old.sub(rf"\g<1>{config.head_module}.\2.", key): value for key, value in state_dict.items()}
+            source, head = re.escape(config.source_layer), config.head_module
+            modules = re.compile(rf"(^|\.){source}\.(skipcollapse_(?:proj|gate))\.")
+            bare_gate = re.compile(rf"(^|\.){source}\.skipcollapse_gate$")
+            state_dict = {
+                bare_gate.sub(rf"\g<1>{head}.skipcollapse_gate.weight", modules.sub(rf"\g<1>{head}.\2.", key)): value
+                for key, value in state_dict.items()
+            }
         return super()._remap_adapter_state_dict_for_load(
             model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
         )

@@ -70,7 +70,10 @@ class CollapseLossFunc:
         """Add this micro-batch's parts, weighted by its labelled `items`, to the logged means (the loss's own parts,
         and parts computed elsewhere for the same micro-batch, e.g. the GC regulariser)."""
         for name, value in parts.items():
-            weighted, count = value.detach().double() * items, items.double()
+            # float32 (MPS has no float64; counts stay exact to 2**24); a micro-batch without labelled items adds 0,
+            # not its NaN mean
+            count = items.float()
+            weighted = torch.where(count > 0, value.detach().float() * count, torch.zeros_like(count))
             if name in self._parts:
                 weighted, count = weighted + self._parts[name][0], count + self._parts[name][1]
             self._parts[name] = (weighted, count)
