@@ -76,6 +76,20 @@ def main(out_path: str) -> None:
         "grads": grads_of(net),
     }
 
+    # 3. The parts CollapseLossFunc logs: item-weighted over both ranks, and every rank joins the all-reduce even
+    #    when it recorded no part (rank 1 records no penalty in the first window and nothing in the second).
+    from skipcollapse import CollapseLossFunc
+
+    func = CollapseLossFunc(net, collapse_lambda=LAMBDA, num_classes=4, head_module="head")
+    if rank == 0:
+        func.add_to_step(torch.tensor(2), ce=torch.tensor(1.0), collapse_penalty=torch.tensor(3.0))
+    else:
+        func.add_to_step(torch.tensor(6), ce=torch.tensor(2.0))
+    first = func.pop_parts()
+    if rank == 0:
+        func.add_to_step(torch.tensor(2), ce=torch.tensor(1.0))
+    results["logged_parts"] = {"first": first, "second": func.pop_parts()}
+
     gathered: list = [None] * world
     torch.distributed.all_gather_object(gathered, results)
     if rank == 0:

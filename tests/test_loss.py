@@ -266,6 +266,11 @@ def test_two_process_ddp_matches_single_process_global_batch(tmp_path):
             got = torch.tensor(g, dtype=torch.float64)
             assert torch.allclose(got, ref_grads[name], rtol=0, atol=1e-10), name
 
+    # The logged parts: (2·1 + 6·2)/8 for ce, rank 0's penalty alone, and no hang when a rank recorded nothing.
+    for rank in ranks:
+        assert rank["logged_parts"]["first"] == pytest.approx({"ce": 1.75, "collapse_penalty": 3.0})
+        assert rank["logged_parts"]["second"] == pytest.approx({"ce": 1.0})
+
 
 @pytest.mark.parametrize("labels,message", [
     (torch.tensor([0, 1, 5, 1]), r"integers in \[0, 3\).*\[5\]"),

@@ -31,6 +31,11 @@ from ..collapse.geometric_complexity import gc_from_outputs
 from ..collapse.loss import CollapseLoss
 
 
+LOGGED_PARTS = ("ce", "collapse_penalty", "geometric_complexity")
+"""What `CollapseLossFunc` can log: one fixed set, so every process joins the same all-reduce when the Trainer logs,
+whatever it recorded."""
+
+
 class CollapseLossFunc:
     """`compute_loss_func` for `transformers.Trainer`: `CollapseLoss` of the logits and the head input z of the
     same forward pass (captured by `HeadInputs` for as long as this object lives).
@@ -69,6 +74,9 @@ class CollapseLossFunc:
     def add_to_step(self, items: torch.Tensor, **parts: torch.Tensor) -> None:
         """Add this micro-batch's parts, weighted by its labelled `items`, to the logged means (the loss's own parts,
         and parts computed elsewhere for the same micro-batch, e.g. the GC regulariser)."""
+        unknown = sorted(set(parts) - set(LOGGED_PARTS))
+        if unknown:
+            raise ValueError(f"cannot log parts {unknown}; the logged parts are {list(LOGGED_PARTS)}")
         for name, value in parts.items():
             # float32 (MPS has no float64; counts stay exact to 2**24); a micro-batch without labelled items adds 0,
             # not its NaN mean
@@ -81,14 +89,19 @@ class CollapseLossFunc:
     def pop_parts(self) -> dict[str, float]:
         """Item-weighted mean of each part since the last call, over all processes (what `CollapseTrainer` logs;
         every process must call it, as the Trainer's logging does)."""
-        if not self._parts:
+        distributed = is_distributed()
+        if not (self._parts or distributed):
             return {}
-        names = sorted(self._parts)
-        totals = torch.stack([torch.stack(self._parts[name]) for name in names])  # [parts, (sum, items)]
-        if is_distributed():
+        recorded = next(iter(self._parts.values()))[0] if self._parts else None
+        device = recorded.device if recorded is not None else next(self.capture.head.parameters()).device
+        totals = torch.zeros(len(LOGGED_PARTS), 2, device=device)  # per part: (item-weighted sum, items)
+        for row, name in enumerate(LOGGED_PARTS):
+            if name in self._parts:
+                totals[row] = torch.stack(self._parts[name])
+        if distributed:
             torch.distributed.all_reduce(totals)
         self._parts = {}
-        return {name: float(total[0] / total[1]) for name, total in zip(names, totals)}
+        return {name: float(total[0] / total[1]) for name, total in zip(LOGGED_PARTS, totals.cpu()) if total[1] > 0}
 
 
 class CollapseTrainer(Trainer):
