@@ -364,9 +364,8 @@ class SkipHeadLayer(SkipCollapseLayer):
         """g·P(norm(s)) for add/concat fusion, P(norm(s)) for replace."""
         norm_name = self._skip_norms.get(adapter)
         if norm_name:
-            norm = root.get_submodule(norm_name)
             # unwrapped: under replace fusion the final norm sits after block ℓ and is wrapped to be bypassed
-            pooled = (norm.get_base_layer() if isinstance(norm, BaseTunerLayer) else norm)(pooled)
+            pooled = _base(root.get_submodule(norm_name))(pooled)
         proj = self.skipcollapse_proj[adapter]
         if isinstance(proj, nn.Linear) and pooled.shape[-1] != proj.in_features:
             raise ValueError(
@@ -375,6 +374,11 @@ class SkipHeadLayer(SkipCollapseLayer):
             )
         skip = proj(_cast(pooled, _dtype_of(proj)))
         return skip if self.fusion[adapter] == "replace" else self.skipcollapse_gate[adapter](skip)
+
+
+def _base(module: nn.Module) -> nn.Module:
+    """The module a peft layer wraps, or the module itself."""
+    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
 
 
 def _device_of(module: nn.Module) -> torch.device:

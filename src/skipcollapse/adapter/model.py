@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .architectures import Architecture, candidates_message, discover, infer_output_width, measure_output_width
@@ -29,6 +29,8 @@ from .layer import (
     SkipCollapseLayer,
     SkipHeadLayer,
     SkipSourceLayer,
+    _base,
+    _scoped_layers,
     scope_post_hook,
     scope_pre_hook,
 )
@@ -268,10 +270,6 @@ class SkipCollapseModel(BaseTuner):
 
 
 # --------------------------------------------------------------------------------------------- resolution
-def _base(module: nn.Module) -> nn.Module:
-    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-
-
 def _skip_width(config: SkipCollapseConfig, head: nn.Module) -> int:
     """Width of P(s): the head's input width, except for concat with identity P (the skip keeps its width)."""
     head = _base(head)
@@ -347,7 +345,7 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
 @contextlib.contextmanager
 def _adapters_off(model: nn.Module) -> Iterator[None]:
     """The base model's own computation while measuring, whatever adapters are already on it (flags restored)."""
-    layers = [module for module in model.modules() if isinstance(module, SkipCollapseLayer)]
+    layers = _scoped_layers(model)
     flags = [layer._disable_adapters for layer in layers]
     for layer in layers:
         layer._disable_adapters = True

@@ -145,7 +145,8 @@ class CollapseTrainer(Trainer):
         result = super().compute_loss(model, {**inputs, name: x}, *args, **kwargs)
         loss = result[0] if isinstance(result, tuple) else result
         gc = gc_from_outputs(self.compute_loss_func.capture.latest, x, self.gc_projections)
-        self.compute_loss_func.add_to_step((inputs["labels"] != -100).sum(), geometric_complexity=gc)
+        func = self.compute_loss_func
+        func.add_to_step((inputs["labels"] != func.loss.ignore_index).sum(), geometric_complexity=gc)
         loss = loss + self.gc_lambda * gc
         return (loss, *result[1:]) if isinstance(result, tuple) else loss
 
