@@ -287,3 +287,48 @@ def test_penalty_refuses_nan_features_instead_of_returning_nan() -> None:
     with pytest.raises(ValueError, match="NaN or inf in 1 of 4 rows"):
         collapse_penalty(z, torch.tensor([0, 1, 0, 1]))
     assert torch.isfinite(collapse_penalty(torch.randn(4, 3), torch.tensor([0, 1, -100, 1])))  # ignore_index is fine
+
+
+# --- CollapseLoss checks its labels like the penalty and the metrics ----------------------------
+
+
+def _logits_features_labels(n: int = 8, k: int = 3, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    features = torch.randn(n, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    return logits, features, torch.arange(n) % k
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_loss_accepts_any_integer_label_dtype(lam: float, dtype: torch.dtype) -> None:
+    logits, features, labels = _logits_features_labels()
+    crit = CollapseLoss(collapse_lambda=lam, label_smoothing=0.1)
+    expected = crit(logits, features, labels)
+    assert torch.equal(crit(logits, features, labels.to(dtype)), expected)
+    assert torch.equal(crit(logits, features, labels.to(dtype), torch.tensor(16)), crit(logits, features, labels, 16))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+@pytest.mark.parametrize("labels,message", [
+    (torch.arange(8)[:, None] % 3, r"1-D tensor \[N\].*\(8, 1\).*squeeze"),
+    (torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]), r"integers in \[0, 3\).*\[3\]"),
+    (torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0]), "integer dtype"),
+    (torch.tensor([0, 1, 2, 0]), "4 rows but .* 8"),
+])
+def test_loss_refuses_labels_that_are_not_class_ids_of_the_logits(lam: float, labels, message: str) -> None:
+    logits, features, _ = _logits_features_labels()
+    with pytest.raises(ValueError, match=message):
+        CollapseLoss(collapse_lambda=lam)(logits, features, labels)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+@pytest.mark.parametrize("num_items", [None, 0, 8])
+def test_a_batch_without_labelled_items_gives_zero_with_a_gradient_path(lam: float, num_items) -> None:
+    logits, features, labels = _logits_features_labels()
+    crit = CollapseLoss(collapse_lambda=lam, label_smoothing=0.1)
+    loss = crit(logits, features, torch.full_like(labels, -100), num_items)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    assert features.grad is None or torch.equal(features.grad, torch.zeros_like(features))

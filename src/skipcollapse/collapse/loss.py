@@ -198,6 +198,11 @@ class CollapseLoss(nn.Module):
     ``collapse_lambda == 0`` the result is exactly ``F.cross_entropy`` (the penalty is not computed at all), so
     the loss is a drop-in for plain fine-tuning. Rows labelled ``-100`` are ignored by both terms.
 
+    ``labels`` are checked as the penalty and the metrics check them: ``[N]`` class ids of any integer dtype (used
+    as int64), each in ``[0, C)`` for ``C`` logit columns or ``-100``; anything else is a ValueError that says what
+    to pass. A batch without a labelled row gives ``0`` connected to the logits (not torch's NaN mean), so
+    ``backward`` and DDP still see every parameter.
+
     ``num_items_in_batch`` (what transformers' Trainer passes under gradient accumulation): the cross-entropy is
     then a sum over that many items and the penalty is weighted by this micro-batch's share of them, so the
     optimised objective is the window's mean CE plus λ times the mean of the micro-batch penalties.
@@ -228,13 +233,20 @@ class CollapseLoss(nn.Module):
         """The loss and its parts, detached: ``{"ce": micro-batch mean CE, "collapse_penalty": ...}`` (the penalty
         is NaN when ``collapse_lambda == 0``: not computed). The parts stay tensors on the loss's device, so reading
         them (a device sync) waits until the caller logs, not every step."""
+        labels = self._checked_labels(logits, labels)
         common = dict(ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
-        if num_items_in_batch is None:
+        labelled = (labels != self.ignore_index).sum()
+        if not bool(labelled):
+            # nothing to average (torch's mean gives NaN, and so does a sum over num_items_in_batch == 0): the CE
+            # is a zero that stays connected to the logits; its logged part is NaN, which CollapseLossFunc weights
+            # by the micro-batch's 0 items
+            ce, mean_ce, share = logits.sum() * 0, torch.full_like(logits.sum().detach(), math.nan), 0.0
+        elif num_items_in_batch is None:
             ce = F.cross_entropy(logits, labels, **common)
             mean_ce, share = ce, 1.0
         else:
             ce = F.cross_entropy(logits, labels, reduction="sum", **common) / num_items_in_batch
-            share = (labels != self.ignore_index).sum() / num_items_in_batch
+            share = labelled / num_items_in_batch
             with torch.no_grad():
                 mean_ce = F.cross_entropy(logits, labels, **common)
         if self.collapse_lambda == 0:
@@ -244,6 +256,24 @@ class CollapseLoss(nn.Module):
         penalty = collapse_penalty(features, labels, self.num_classes, ignore_index=self.ignore_index)
         parts = {"ce": mean_ce.detach(), "collapse_penalty": penalty.detach()}
         return ce + self.collapse_lambda * share * penalty, parts
+
+    def _checked_labels(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """`labels` as int64 class ids of the rows of `logits`, checked as the penalty and the metrics check them
+        (`check_labels`) before the cross-entropy sees them: torch's own errors ("expected target dtype to be Long
+        or Byte", "0D or 1D target tensor expected", "Target 3 is out of bounds") say neither which tensor is wrong
+        nor what to change, and on CUDA an out-of-range label is a device-side assert."""
+        if logits.dim() != 2:
+            raise ValueError(f"logits must be [N, C] (class scores of one example per row), got {tuple(logits.shape)}")
+        if isinstance(labels, Tensor) and labels.dim() == 2 and labels.shape[1] == 1:
+            raise ValueError(
+                f"labels must be a 1-D tensor [N] of class ids, got shape {tuple(labels.shape)}; "
+                "pass labels.squeeze(1) (or have the collator return one class id per example)"
+            )
+        if isinstance(labels, Tensor) and labels.dim() == 1 and labels.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"labels has {labels.shape[0]} rows but logits have {logits.shape[0]}; pass one class id per example"
+            )
+        return check_labels(labels, logits.shape[0], logits.shape[1], self.ignore_index)
 
     def extra_repr(self) -> str:
         return (
