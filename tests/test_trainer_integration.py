@@ -208,3 +208,48 @@ def test_trainer_activation_checkpointing_on_a_timm_model_checkpoints_its_blocks
         assert model.get_base_model().timm_model.grad_checkpointing is checkpointing
         losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def _first_logged(trainer) -> dict:
+    return next(e for e in trainer.state.log_history if "loss" in e)
+
+
+def _vit_without_dropout() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return get_peft_model(build("hf-vit"), SkipCollapseConfig())
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_collapse_trainer_applies_the_label_smoothing_of_the_training_arguments(tmp_path, lam: float) -> None:
+    """label_smoothing_factor smooths the cross-entropy part exactly as the Trainer's own LabelSmoother smooths its
+    loss (one batch of all 24 examples, no update: the same forward pass)."""
+    data = _Dicts("hf-vit", n=24)
+    args = dict(per_device_train_batch_size=24, max_steps=1, learning_rate=0.0, label_smoothing_factor=0.3)
+    plain = Trainer(model=_vit_without_dropout(), args=_args(tmp_path / "plain", **args), train_dataset=data)
+    plain.train()
+    ours = CollapseTrainer(model=_vit_without_dropout(), args=_args(tmp_path / "ours", **args), train_dataset=data,
+                           collapse_lambda=lam)
+    ours.train()
+    smoothed, logged = _first_logged(plain)["loss"], _first_logged(ours)
+    if lam:
+        assert logged["ce"] == pytest.approx(smoothed, rel=1e-5)
+        assert logged["loss"] == pytest.approx(smoothed + lam * logged["collapse_penalty"], rel=1e-5)
+    else:
+        assert logged["loss"] == pytest.approx(smoothed, rel=1e-5)
+
+
+@pytest.mark.parametrize("func", [
+    lambda outputs, labels, num_items_in_batch=None: F.cross_entropy(outputs.logits, labels),
+    "collapse_loss_func_without_smoothing",
+])
+def test_collapse_trainer_refuses_label_smoothing_that_the_given_loss_would_not_apply(tmp_path, func) -> None:
+    model = _vit_without_dropout()
+    if func == "collapse_loss_func_without_smoothing":
+        func = CollapseLossFunc(model, collapse_lambda=0.5)
+    with pytest.raises(ValueError, match=r"label_smoothing_factor=0.3\).*compute_loss_func.*label_smoothing_factor=0"):
+        CollapseTrainer(model=model, args=_args(tmp_path, label_smoothing_factor=0.3), train_dataset=_Dicts("hf-vit"),
+                        compute_loss_func=func)
+    matching = CollapseLossFunc(model, collapse_lambda=0.5, label_smoothing=0.3)  # applies it: accepted
+    CollapseTrainer(model=model, args=_args(tmp_path, label_smoothing_factor=0.3), train_dataset=_Dicts("hf-vit"),
+                    compute_loss_func=matching)
+

@@ -46,6 +46,9 @@ class CollapseLossFunc:
         collapse_lambda: λ; 0 gives exactly the cross-entropy.
         num_classes: K for the penalty (inferred from the labels when None).
         head_module: the head's name, for architectures not discovered automatically.
+        label_smoothing: of the cross-entropy, as in `F.cross_entropy` (`CollapseTrainer` passes the
+            `label_smoothing_factor` of its `TrainingArguments`, which the Trainer never applies to a
+            `compute_loss_func`).
     """
 
     def __init__(
@@ -54,9 +57,10 @@ class CollapseLossFunc:
         collapse_lambda: float = 0.1,
         num_classes: Optional[int] = None,
         head_module: Optional[str] = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         self.capture = HeadInputs(model, head_module)
-        self.loss = CollapseLoss(collapse_lambda, num_classes)
+        self.loss = CollapseLoss(collapse_lambda, num_classes, label_smoothing)
         # per part since the last log: (item-weighted sum, items), detached tensors, so no device sync per step
         self._parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -65,6 +69,11 @@ class CollapseLossFunc:
         return self.loss.collapse_lambda
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        if labels is None:  # the Trainer passes inputs["labels"], whatever TrainingArguments.label_names says
+            raise ValueError(
+                "CollapseLossFunc got labels=None: the Trainer hands it the batch's 'labels' entry; have the dataset "
+                "or collator return the class ids under the key 'labels'"
+            )
         features = self.capture.latest if self.loss.collapse_lambda else None
         loss, parts = self.loss.loss_and_parts(logits_of(outputs), features, labels, num_items_in_batch)
         if torch.is_grad_enabled() and self.loss.collapse_lambda:
@@ -107,6 +116,13 @@ class CollapseLossFunc:
 class CollapseTrainer(Trainer):
     """A `Trainer` that trains with the collapse-aware loss and logs its parts.
 
+    The loss-shaping `TrainingArguments` hold as under a plain `Trainer`: `label_smoothing_factor` smooths the
+    cross-entropy part (the Trainer's own `LabelSmoother` never runs when there is a `compute_loss_func`, so it is
+    passed to the loss here); gradient accumulation and `average_tokens_across_devices` reach the loss through
+    `num_items_in_batch` (see the module docstring). A `compute_loss_func` of your own replaces the collapse loss
+    (`collapse_lambda` and `num_classes` then do nothing); as that function cannot be made to smooth its labels,
+    `label_smoothing_factor` must then be 0, or the function a `CollapseLossFunc` with the same `label_smoothing`.
+
     Args:
         collapse_lambda: λ of the collapse penalty (0: plain cross-entropy).
         gc_lambda: weight of the geometric-complexity regulariser GC(z; x) (0: off). It costs one extra
@@ -128,10 +144,18 @@ class CollapseTrainer(Trainer):
         head_module: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
-        model = kwargs.get("model", args[0] if args else None)
-        if kwargs.get("compute_loss_func") is None:
-            kwargs["compute_loss_func"] = CollapseLossFunc(model, collapse_lambda, num_classes, head_module)
         super().__init__(*args, **kwargs)
+        smoothing = self.args.label_smoothing_factor
+        if self.compute_loss_func is None:
+            self.compute_loss_func = CollapseLossFunc(self.model, collapse_lambda, num_classes, head_module, smoothing)
+        func = self.compute_loss_func
+        if smoothing and not (isinstance(func, CollapseLossFunc) and func.loss.label_smoothing == smoothing):
+            raise ValueError(
+                f"TrainingArguments(label_smoothing_factor={smoothing}) would not be applied: the Trainer never "
+                "smooths the labels of a compute_loss_func, and the one given does not smooth by that factor. Smooth "
+                "them in your compute_loss_func and set label_smoothing_factor=0, pass "
+                f"CollapseLossFunc(..., label_smoothing={smoothing}), or leave compute_loss_func out"
+            )
         self.gc_lambda = gc_lambda
         self.gc_projections = gc_projections
 
