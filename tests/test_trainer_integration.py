@@ -253,3 +253,26 @@ def test_collapse_trainer_refuses_label_smoothing_that_the_given_loss_would_not_
     CollapseTrainer(model=model, args=_args(tmp_path, label_smoothing_factor=0.3), train_dataset=_Dicts("hf-vit"),
                     compute_loss_func=matching)
 
+
+def test_geometric_complexity_regulariser_works_with_a_users_compute_loss_func(tmp_path) -> None:
+    """gc_lambda adds γ·GC to whatever loss the user's compute_loss_func returns, and logs GC (one batch of all 24
+    examples, no update: the logged loss is the user's loss of that batch plus γ times the logged GC)."""
+    calls = []
+
+    def user_loss(outputs, labels, num_items_in_batch=None):
+        calls.append(len(labels))
+        return F.cross_entropy(outputs.logits, labels)
+
+    torch.manual_seed(0)
+    model = get_peft_model(build("hf-resnet"), SkipCollapseConfig())
+    data = _Dicts("hf-resnet", n=24)
+    args = _args(tmp_path, per_device_train_batch_size=24, max_steps=1, learning_rate=0.0)
+    trainer = CollapseTrainer(model=model, args=args, train_dataset=data, gc_lambda=0.01, compute_loss_func=user_loss)
+    trainer.train()
+    assert trainer.compute_loss_func is user_loss and calls == [24]
+    logged = _first_logged(trainer)
+    assert logged["geometric_complexity"] > 0 and "collapse_penalty" not in logged
+    model.train()
+    with torch.no_grad():
+        ce = F.cross_entropy(model(pixel_values=data.items["pixel_values"]).logits, data.items["labels"]).item()
+    assert logged["loss"] == pytest.approx(ce + 0.01 * logged["geometric_complexity"], rel=1e-4)

@@ -125,7 +125,8 @@ class CollapseTrainer(Trainer):
 
     Args:
         collapse_lambda: λ of the collapse penalty (0: plain cross-entropy).
-        gc_lambda: weight of the geometric-complexity regulariser GC(z; x) (0: off). It costs one extra
+        gc_lambda: weight of the geometric-complexity regulariser GC(z; x) (0: off), added to the loss of
+            `CollapseLossFunc` or of your own `compute_loss_func`. It costs one extra
             backward pass per step (a vector-Jacobian product, differentiated again), so every op of the model
             needs a double backward: load transformers models with `attn_implementation="eager"`.
         gc_projections: random projections per step for the GC estimate.
@@ -156,6 +157,12 @@ class CollapseTrainer(Trainer):
                 "them in your compute_loss_func and set label_smoothing_factor=0, pass "
                 f"CollapseLossFunc(..., label_smoothing={smoothing}), or leave compute_loss_func out"
             )
+        # What captures z for the GC term and logs the loss's parts: the CollapseLossFunc in use, or, next to a loss
+        # function of the user's, a λ = 0 one that only captures z and logs the GC.
+        self._collapse_func: Optional[CollapseLossFunc] = (
+            func if isinstance(func, CollapseLossFunc)
+            else CollapseLossFunc(self.model, 0.0, num_classes, head_module) if gc_lambda else None
+        )
         self.gc_lambda = gc_lambda
         self.gc_projections = gc_projections
 
@@ -168,13 +175,13 @@ class CollapseTrainer(Trainer):
         x = inputs[name].detach().requires_grad_(True)
         result = super().compute_loss(model, {**inputs, name: x}, *args, **kwargs)
         loss = result[0] if isinstance(result, tuple) else result
-        gc = gc_from_outputs(self.compute_loss_func.capture.latest, x, self.gc_projections)
-        func = self.compute_loss_func
+        func = self._collapse_func
+        gc = gc_from_outputs(func.capture.latest, x, self.gc_projections)
         func.add_to_step((inputs["labels"] != func.loss.ignore_index).sum(), geometric_complexity=gc)
         loss = loss + self.gc_lambda * gc
         return (loss, *result[1:]) if isinstance(result, tuple) else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs and isinstance(self.compute_loss_func, CollapseLossFunc):
-            logs.update(self.compute_loss_func.pop_parts())
+        if "loss" in logs and self._collapse_func is not None:
+            logs.update(self._collapse_func.pop_parts())
         super().log(logs, *args, **kwargs)
