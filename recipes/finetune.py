@@ -29,7 +29,7 @@ from peft import get_peft_model
 import transformers
 from transformers import Trainer, TrainingArguments
 
-from skipcollapse import CollapseTrainer, NeuralCollapseCallback, SkipCollapseConfig
+from skipcollapse import CollapseTrainer, NeuralCollapseCallback, SkipCollapseConfig, save_adapter_atomically
 from skipcollapse.zoo import HelpFormatter, add_data_arguments, load_backbone, task_from_args
 from skipcollapse._io import check_writable_folder, write_atomic
 from skipcollapse.zoo.names import main_with_clean_errors
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics = trainer.evaluate(test_set, metric_key_prefix="test")  # test read once, after training
     model.peft_config["default"].base_model_name_or_path = args.model  # what the reload snippet loads
     if trainer.is_world_process_zero():  # no embedding layers to save; saying so spares peft a hub lookup of the name
-        model.save_pretrained(args.output_dir, save_embedding_layers=False)
+        # atomically: a run killed while saving over an earlier run's adapter leaves that one whole, not a mix
+        save_adapter_atomically(model, args.output_dir, save_embedding_layers=False)
 
     result = {
         "model": args.model, "dataset": args.dataset, "k_shot": args.k_shot, "seed": args.seed,

@@ -17,6 +17,7 @@ from .collapse import (
     geometric_complexity,
 )
 from .integrations import CollapseLossFunc, CollapseTrainer, NeuralCollapseCallback, TimmImageClassifier, measure_collapse
+from ._io import save_adapter_atomically
 
 register()
 
@@ -44,4 +45,5 @@ __all__ = [
     "gc_penalty",
     "geometric_complexity",
     "measure_collapse",
+    "save_adapter_atomically",
 ]
