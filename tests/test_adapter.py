@@ -60,7 +60,7 @@ def test_training_changes_only_the_adapter(family: str) -> None:
     assert changed <= adapter_keys, f"base weights or statistics changed: {sorted(changed - adapter_keys)[:5]}"
     # the gate opened and the head and the copied source block moved
     assert any(".skipcollapse_gate." in k for k in changed)
-    assert any(".skipcollapse_head." in k for k in changed)
+    assert any(".skipcollapse_head_copy." in k for k in changed)
     assert any(".skipcollapse_block." in k for k in changed)
 
 
@@ -295,7 +295,7 @@ def test_head_inputs_capture_the_fused_features_only_while_asked() -> None:
         logits = logits_of(model, make_inputs("hf-bert"))
         z = capture.latest
     assert z.shape == (6, 64) and z.requires_grad  # concat: h_L (32) and the skip (32)
-    head = model.get_base_model().classifier.skipcollapse_head["default"]
+    head = model.get_base_model().classifier.skipcollapse_head_copy["default"]
     torch.testing.assert_close(logits, head(z))
     assert not head._forward_pre_hooks  # the capture leaves nothing behind, so no graph outlives the step
     with pytest.raises(RuntimeError, match="no forward pass"):

@@ -68,7 +68,7 @@ class _Custom(nn.Module):
 
 
 def test_unsupported_model_without_names_says_which_fields_to_set() -> None:
-    with pytest.raises(ValueError, match=r"does not know the architecture of _Custom.*set source_layer \(a module name\), head_module, pooling"):
+    with pytest.raises(ValueError, match=r"cannot find the blocks and the classifier head of _Custom.*set source_layer \(a module name\), head_module in"):
         get_peft_model(_Custom(), SkipCollapseConfig())
 
 
@@ -107,7 +107,8 @@ def test_config_fields_are_checked_at_construction() -> None:
 
 @pytest.mark.parametrize("change,message", [
     (dict(num_labels=5), r"trained for 3 classes.*num_labels=3"),
-    (dict(hidden_size=48, intermediate_size=64), r"source block gives 32 features; this model has hidden size 48"),
+    (dict(hidden_size=48, intermediate_size=64), r"trained on a BertForSequenceClassification where 'bert.encoder.layer.2' gave 32 features; this model has 48 there"),
+    (dict(num_hidden_layers=2), r"trained on a BertForSequenceClassification where source_layer was 'bert.encoder.layer.2'; this model has no such module. Load the adapter onto the base model it was trained on"),
 ])
 def test_loading_onto_another_base_names_the_mismatch(change: dict, message: str, tmp_path) -> None:
     from peft import PeftModel

@@ -53,7 +53,7 @@ def test_callback_logs_nc_metrics_that_match_a_direct_computation(adapted: bool,
             with HeadInputs(model) as capture:
                 logits = model(pixel_values=batch["pixel_values"]).logits
                 features = capture.latest
-            weight = model.get_base_model().classifier.skipcollapse_head["default"].weight
+            weight = model.get_base_model().classifier.skipcollapse_head_copy["default"].weight
         else:
             captured = {}
             hook = model.classifier.register_forward_pre_hook(lambda m, a: captured.update(z=a[0]))

@@ -1,124 +1,64 @@
-"""Where the blocks, the pooling and the head live, per model family.
+"""Where a classifier's blocks and head are, read from what timm and transformers publish about the model.
 
-The adapter needs three facts about a backbone: the ordered list of its blocks (to resolve a block index and
-pick a default), the classifier's final linear layer (the fusion point), and how a block's output becomes a
-vector (CLS token after the model's final norm for ViT/BERT-style encoders, global average for CNN maps).
-Each family is one `_Family` row below; any other `nn.Module` works by naming the modules in the config.
+The adapter needs the ordered list of a backbone's blocks (to resolve a block index and pick a default), the
+classifier's final linear layer (the fusion point), the modules of the task head that fine-tuning must train, and
+the model's own final norm (applied to the skip where the widths match). How a block's output becomes what the head
+takes (the CLS token, a mean over tokens, an average over a map, every token of a decoder) is measured on an
+example batch when the adapter is created (`adapter.measure`), not read from here.
+
+- timm: `group_matcher()` names the blocks (its per-block patterns), `get_classifier()` the head.
+- transformers: the blocks are the model's layer classes, the ones it checkpoints (`GradientCheckpointingLayer`)
+  or, failing that, keeps whole when sharding (`_no_split_modules`); the head is the last linear layer with
+  `config.num_labels` outputs outside the base model (`base_model_prefix`); the rest of the task head outside the
+  base model (RoBERTa's `classifier.dense`, DeBERTa's `pooler`, ModernBERT's `head`) is new at fine-tuning time,
+  so it trains too.
+- `_BLOCK_CLASSES` holds what neither says, one row per model class with the reason.
+Any other `nn.Module` works by naming the modules in the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
-
 from torch import nn
 
-from . import suffix
-from .layer import first_tensor, pool
+# Models whose published layer classes are not their blocks. Each row: the model class -> its block classes.
+_BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
+    # transformers marks only the conv sub-layers and the shortcut as no-split, and checkpoints nothing
+    "ResNetForImageClassification": ("ResNetBottleNeckLayer", "ResNetBasicLayer"),
+    # transformers publishes no layer class for MobileNetV2 (no checkpointing, no no-split modules)
+    "MobileNetV2ForImageClassification": ("MobileNetV2InvertedResidual",),
+    # MPNet's layers are neither checkpointing layers nor no-split modules
+    "MPNetForSequenceClassification": ("MPNetLayer",),
+    # ALBERT publishes no layer class; its one layer runs at every depth (and is refused as a source for that)
+    "AlbertForSequenceClassification": ("AlbertLayer",),
+    # BiT and MobileNetV1 publish no layer class either
+    "BitForImageClassification": ("BitPreActivationBottleneckLayer", "BitBottleneckLayer"),
+    "MobileNetV1ForImageClassification": ("MobileNetV1ConvLayer",),
+}
+
+_NORM_NAME = re.compile(r"(Layer|RMS|Group)Norm$|^LayerNorm$|^RMSNorm$")
 
 
 @dataclass(frozen=True)
 class Architecture:
     """What discovery found for one model."""
 
-    family: str
+    family: str  # "transformers:<model_type>" or "timm:<class name>"
     blocks: list[str]
     head: str
-    pooling: str
-    skip_norm: str = ""
     modules_to_save: list[str] = field(default_factory=list)
-    hidden_size: Optional[int] = None  # width of every block's tokens, when the family has one
-    # the last block's hidden states -> the head's input h_L (bound to the model); what the prefix cache runs
-    head_input: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-
-
-@dataclass(frozen=True)
-class _Family:
-    name: str
-    matches: Callable[[nn.Module], bool]
-    block_pattern: str
-    head: str
-    pooling: str | Callable[[nn.Module], str]
-    skip_norm: str | Callable[[nn.Module], str] = ""
-    modules_to_save: tuple[str, ...] = ()
-    head_input: Optional[suffix.HeadInput] = None  # what the model does after its last block, up to the head
-
-
-_HF_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
-
-
-def _hf_type(*model_types: str) -> Callable[[nn.Module], bool]:
-    def matches(model: nn.Module) -> bool:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        return model_type in model_types and type(model).__name__.endswith(_HF_CLASSIFIER_SUFFIXES)
-
-    return matches
-
-
-def _timm(class_name: str) -> Callable[[nn.Module], bool]:
-    def matches(model: nn.Module) -> bool:
-        return type(model).__module__.startswith("timm.") and type(model).__name__ == class_name
-
-    return matches
-
-
-def _timm_vit_pooling(model: nn.Module) -> str:
-    return "cls" if getattr(model, "global_pool", "token") == "token" else "mean"
-
-
-def _timm_vit_norm(model: nn.Module) -> str:
-    if _timm_vit_pooling(model) == "cls":
-        return "norm"
-    return "" if isinstance(getattr(model, "fc_norm", None), (nn.Identity, type(None))) else "fc_norm"
-
-
-_FAMILIES: tuple[_Family, ...] = (
-    _Family("hf-vit", _hf_type("vit"), r"vit\.(?:encoder\.layer|layers)\.\d+", "classifier", "cls", "vit.layernorm",
-            head_input=suffix.hf_vit),
-    _Family("hf-resnet", _hf_type("resnet"), r"resnet\.encoder\.stages\.\d+\.layers\.\d+", "classifier.1", "avg",
-            head_input=suffix.hf_resnet),
-    _Family("hf-convnext", _hf_type("convnext"), r"convnext\.encoder\.stages\.\d+\.layers\.\d+", "classifier", "avg"),
-    _Family("hf-bert", _hf_type("bert"), r"bert\.encoder\.layer\.\d+", "classifier", "cls",
-            head_input=suffix.hf_bert),
-    _Family(
-        "hf-roberta",
-        _hf_type("roberta", "xlm-roberta", "camembert"),
-        r"roberta\.encoder\.layer\.\d+",
-        "classifier.out_proj",
-        "cls",
-        modules_to_save=("classifier.dense",),
-        head_input=suffix.hf_roberta,
-    ),
-    _Family(
-        "hf-distilbert",
-        _hf_type("distilbert"),
-        r"distilbert\.transformer\.layer\.\d+",
-        "classifier",
-        "cls",
-        modules_to_save=("pre_classifier",),
-        head_input=suffix.hf_distilbert,
-    ),
-    _Family("timm-vit", _timm("VisionTransformer"), r"blocks\.\d+", "head", _timm_vit_pooling, _timm_vit_norm,
-            head_input=suffix.timm_vit),
-    _Family("timm-resnet", _timm("ResNet"), r"layer[1-4]\.\d+", "fc", "avg",
-            head_input=suffix.timm_resnet),
-    _Family("timm-efficientnet", _timm("EfficientNet"), r"blocks\.\d+\.\d+", "classifier", "avg",
-            head_input=suffix.timm_efficientnet),
-    _Family("timm-convnext", _timm("ConvNeXt"), r"stages\.\d+\.blocks\.\d+", "head.fc", "avg"),
-)
-
-SUPPORTED_FAMILIES = tuple(f.name for f in _FAMILIES)
-FAMILIES_WITH_SUFFIX = tuple(f.name for f in _FAMILIES if f.head_input is not None)
+    final_norm: str = ""  # the model's norm after its last block over the feature axis, if it has one
 
 
 def discover(model: nn.Module) -> Optional[Architecture]:
-    """The architecture of `model`, or None when it is not a family we know.
+    """The blocks and head of `model`, or None when it is neither a timm nor a transformers classifier whose blocks
+    and head can be found.
 
     Looks through `TimmImageClassifier` (the Trainer-friendly timm wrapper): names then carry its prefix.
     """
@@ -127,95 +67,190 @@ def discover(model: nn.Module) -> Optional[Architecture]:
         arch = discover(inner)
         if arch is None:
             return None
+        prefix = "timm_model."
         return dataclasses.replace(
             arch,
-            blocks=["timm_model." + b for b in arch.blocks],
-            head="timm_model." + arch.head,
-            skip_norm="timm_model." + arch.skip_norm if arch.skip_norm else "",
-            modules_to_save=["timm_model." + m for m in arch.modules_to_save],
+            blocks=[prefix + b for b in arch.blocks],
+            head=prefix + arch.head,
+            modules_to_save=[prefix + m for m in arch.modules_to_save],
+            final_norm=prefix + arch.final_norm if arch.final_norm else "",
         )
-    for family in _FAMILIES:
-        if not family.matches(model):
-            continue
-        pattern = re.compile(family.block_pattern)
-        blocks = [name for name, _ in model.named_modules() if pattern.fullmatch(name)]
-        if not blocks:
-            continue
-        pooling = family.pooling(model) if callable(family.pooling) else family.pooling
-        skip_norm = family.skip_norm(model) if callable(family.skip_norm) else family.skip_norm
-        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-        if hidden is None and pooling in ("cls", "mean"):
-            hidden = getattr(model, "embed_dim", None)
-        return Architecture(
-            family=family.name,
-            blocks=blocks,
-            head=family.head,
-            pooling=pooling,
-            skip_norm=skip_norm,
-            modules_to_save=list(family.modules_to_save),
-            hidden_size=hidden if pooling in ("cls", "mean") else None,
-            head_input=functools.partial(family.head_input, model) if family.head_input else None,
-        )
+    if is_timm_model(model):
+        return _timm_architecture(model)
+    if _is_transformers_model(model):
+        return _transformers_architecture(model)
     return None
 
 
+def _walk(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """`named_modules()` of the model as its author built it: a peft wrapper (a tuner layer, or the copy-keeping
+    wrapper of `modules_to_save`) stands for the module it wraps, under the wrapped module's name, and the
+    adapters' own modules inside it are not listed. Discovery on a model that already has adapters then finds the
+    same blocks and head as on the plain model."""
+    yield prefix, model
+    for name, child in model._modules.items():
+        if child is None:
+            continue
+        full = f"{prefix}.{name}" if prefix else name
+        inner = _wrapped(child)
+        if inner is not child:
+            yield full, inner
+            yield from ((n, m) for n, m in _walk(inner, full) if n != full)
+        else:
+            yield from _walk(child, full)
+
+
+def _wrapped(module: nn.Module) -> nn.Module:
+    for attr in ("base_layer", "original_module"):  # peft's tuner layers; peft's ModulesToSaveWrapper
+        inner = module._modules.get(attr)
+        if isinstance(inner, nn.Module):
+            return _wrapped(inner)
+    return module
+
+
 def block_names(model: nn.Module) -> list[str]:
-    """The ordered block names of a supported model ([] for others): what `source_layer` indices refer to."""
+    """The ordered block names of a discovered model ([] for others): what `source_layer` indices refer to."""
     arch = discover(model)
     return arch.blocks if arch else []
 
 
-def example_inputs(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
-    """A tiny batch the model accepts, from what it says about its inputs (transformers configs, timm's
-    pretrained_cfg), or None when it says nothing."""
-    config = getattr(model, "config", None)
-    name = getattr(model, "main_input_name", None)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    if name == "pixel_values" and config is not None and getattr(config, "image_size", None):
-        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-        channels = getattr(config, "num_channels", 3)
-        return {"pixel_values": torch.zeros(2, channels, size, size, device=device, dtype=dtype)}
-    if name == "input_ids":
-        ids = torch.full((2, 8), 1, dtype=torch.long, device=device)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    inner = getattr(model, "timm_model", model)
-    cfg = getattr(inner, "pretrained_cfg", None) or {}
-    if "input_size" in cfg:
-        channels, height, width = cfg["input_size"]
-        pixels = torch.zeros(2, channels, height, width, device=device, dtype=dtype)
-        return {"pixel_values": pixels} if inner is not model else {"x": pixels}
-    return None
+def is_timm_model(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.") and hasattr(model, "group_matcher")
 
 
-@torch.no_grad()
-def measure_output_width(model: nn.Module, source: str, pooling: str) -> Optional[int]:
-    """Width of `source`'s pooled output, measured by one forward pass of an example batch (eval mode, modes
-    restored), or None when the model gives no way to build an example. Measuring beats reading layer sizes off
-    the block: a stage that ends with a downsampling layer (Swin) reports the wrong width when guessed."""
-    inputs = example_inputs(model)
-    if inputs is None:
+def _is_transformers_model(model: nn.Module) -> bool:
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
+
+
+# ------------------------------------------------------------------------------------------------------- timm
+def _timm_architecture(model: nn.Module) -> Optional[Architecture]:
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Module):
+        return None  # distilled models (DeiT-distilled, LeViT) average two heads: no one linear layer to fuse at
+    classifier = _wrapped(classifier)
+    head = _name_of(model, classifier) if isinstance(classifier, nn.Linear) else None
+    matcher = model.group_matcher(coarse=False).get("blocks")
+    if head is None or matcher is None:
         return None
-    seen: list[int] = []
-
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        seen.append(pool(first_tensor(output), pooling).shape[-1])
-
-    modes = {m: m.training for m in model.modules()}
-    handle = model.get_submodule(source).register_forward_hook(hook)
-    try:
-        model.eval()
-        if "x" in inputs:
-            model(inputs["x"])
-        else:
-            model(**inputs)
-    except (RuntimeError, ValueError, TypeError, IndexError):  # the example was rejected: read sizes instead
+    # group_matcher's block patterns: a pattern, or (pattern, None) pairs beside (pattern, (n,)) pairs that place
+    # other modules (a stage's downsampling, the final norm) in a block's group without being blocks themselves
+    rules = [matcher] if isinstance(matcher, str) else [p for p, order in matcher if order is None]
+    patterns = [re.compile(p) for p in rules]
+    blocks = [name for name, _ in _walk(model) if name and _matches_whole(patterns, name)]
+    if not blocks:
         return None
-    finally:
-        handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
-    return seen[0] if seen else None
+    return Architecture(
+        family=f"timm:{type(model).__name__}", blocks=blocks, head=head, final_norm=_final_norm(model, blocks, head)
+    )
+
+
+def _matches_whole(patterns: list[re.Pattern], name: str) -> bool:
+    for pattern in patterns:
+        match = pattern.match(name)
+        if match and match.group(0) == name:
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------------------------ transformers
+def _transformers_architecture(model: nn.Module) -> Optional[Architecture]:
+    num_labels = getattr(model.config, "num_labels", None)
+    blocks = _transformers_blocks(model)
+    if not blocks:
+        return None
+    # The backbone: the model's top-level modules that hold its blocks (the base model, `base_model_prefix`, or
+    # CLIP's `vision_model`); the head and the rest of the task head lie outside it.
+    backbone = {b.split(".")[0] for b in blocks}
+
+    def in_backbone(name: str) -> bool:
+        return name.split(".")[0] in backbone
+
+    heads = [
+        name
+        for name, module in _walk(model)
+        if isinstance(module, nn.Linear) and module.out_features == num_labels and not in_backbone(name)
+    ]
+    if not heads:
+        return None
+    head = heads[-1]
+    return Architecture(
+        family=f"transformers:{model.config.model_type}",
+        blocks=blocks,
+        head=head,
+        modules_to_save=_task_head_modules(model, head, in_backbone),
+        final_norm=_final_norm(model, blocks, head),
+    )
+
+
+def _transformers_blocks(model: nn.Module) -> list[str]:
+    """The model's blocks: a row of `_BLOCK_CLASSES`, else its checkpointing layers, else its no-split modules;
+    the innermost of them where they nest (a Swin stage and its layers: the layers)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    row = _BLOCK_CLASSES.get(type(model).__name__)
+    if row is not None:
+        candidates = [n for n, m in _walk(model) if type(m).__name__ in row]
+    else:
+        candidates = [n for n, m in _walk(model) if isinstance(m, GradientCheckpointingLayer)]
+        if not candidates:
+            no_split = set(getattr(model, "_no_split_modules", None) or ())
+            candidates = [
+                n for n, m in _walk(model) if type(m).__name__ in no_split and "Embedding" not in type(m).__name__
+            ]
+    return [name for name in candidates if not any(other.startswith(name + ".") for other in candidates)]
+
+
+def _task_head_modules(model: nn.Module, head: str, in_backbone: Callable[[str], bool]) -> list[str]:
+    """The parameter-carrying modules of the task head other than its final linear layer: the top-most ones
+    outside the backbone that are not the head or one of its ancestors. A bare norm there (PoolFormer's final
+    GroupNorm) belongs to the pretrained backbone, which registers it beside its task head, and stays frozen."""
+    kept: list[str] = []
+    for name, module in _walk(model):
+        if not name or in_backbone(name) or name == head or head.startswith(name + "."):
+            continue
+        if any(name.startswith(k + ".") for k in kept) or next(module.parameters(), None) is None:
+            continue
+        if _is_norm(module):
+            continue
+        kept.append(name)
+    return kept
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(
+        module
+    ).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- shared
+def _final_norm(model: nn.Module, blocks: list[str], head: str) -> str:
+    """The first norm over the feature axis that the model registers after its last block, outside the head:
+    ViT's final LayerNorm, a decoder's final RMSNorm. Only norms over the last axis of a [B, D] or [B, T, D]
+    input qualify (not BatchNorm, not the 2-D LayerNorm of channels-first maps)."""
+    last = blocks[-1]
+    after = False
+    for name, module in _walk(model):
+        if name == last:
+            after = True
+            continue
+        if not after or name.startswith(last + ".") or name == head:
+            continue
+        kind = type(module).__name__
+        if _NORM_NAME.search(kind) and "2d" not in kind.lower() and next(module.parameters(), None) is not None:
+            return name
+    return ""
+
+
+def norm_width(module: nn.Module) -> Optional[int]:
+    """The feature width a final norm normalises (its weight's length)."""
+    weight = getattr(module, "weight", None)
+    return weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 1 else None
+
+
+def _name_of(model: nn.Module, target: nn.Module) -> Optional[str]:
+    return next((name for name, module in _walk(model) if module is target), None)
 
 
 def infer_output_width(module: nn.Module) -> Optional[int]:
@@ -223,6 +258,7 @@ def infer_output_width(module: nn.Module) -> Optional[int]:
 
     Blocks end with a linear/conv layer or a norm over the output width (residual blocks, transformer layers,
     inverted residuals), so the last such layer in registration order gives the width without a forward pass.
+    Used to tell a map's channel axis from its spatial axes, and for models no example batch can be built for.
     """
     width = None
     for sub in module.modules():
@@ -241,7 +277,7 @@ def infer_output_width(module: nn.Module) -> Optional[int]:
 
 def candidates_message(model: nn.Module, wanted: str, blocks: list[str], kind: type | None = None) -> str:
     """Text listing the names a user most likely meant, for errors about a module name."""
-    names = [n for n, m in model.named_modules() if n and (kind is None or isinstance(m, kind))]
+    names = [n for n, m in _walk(model) if n and (kind is None or isinstance(m, kind))]
     close = difflib.get_close_matches(wanted, names, n=5, cutoff=0.5)
     parts = []
     if close:

@@ -1,7 +1,7 @@
 """The peft config of Skip-Connection Layer Fine-Tuning (SCL-FT).
 
-The fields say *what* is adapted; `skipcollapse.architectures` says *where* those things live in a given
-model. Fields left at ``None`` are filled in from the model when the adapter is injected, and the resolved
+The fields say *what* is adapted; `adapter.architectures` (what timm and transformers publish) and
+`adapter.measure` (one example forward) say *where* those things live in a given model and what shape they have. Fields left at ``None`` are filled in from the model when the adapter is injected, and the resolved
 values are what ``adapter_config.json`` stores, so a saved adapter names exactly the modules it was
 trained on and refuses to load onto a different architecture.
 """
@@ -17,7 +17,7 @@ from .registration import PEFT_TYPE
 
 TRAIN_SOURCE_CHOICES = ("full", "norms_biases", "none")
 FUSION_CHOICES = ("add", "concat", "replace")
-POOLING_CHOICES = ("cls", "avg", "mean", "flatten")
+POOLING_CHOICES = ("cls", "mean", "avg", "per_token", "flatten")
 PROJECTION_CHOICES = ("auto", "identity", "linear")
 
 
@@ -30,7 +30,8 @@ class SkipCollapseConfig(PeftConfig):
     classification head, so that the frozen blocks after it cannot undo the collapse that fine-tuning that block
     induces. With the defaults, ``SkipCollapseConfig()`` works on every supported architecture: it picks the middle
     block, fine-tunes it in full, adds its features to the head input through a gate that starts at zero (the
-    adapted model starts out computing exactly what the base model computes), and trains the head.
+    adapted model starts out computing exactly what the base model computes; in bf16/fp16 exactly with
+    ``autocast_adapter_dtype=False``, see the README), and trains the head.
     """
 
     source_layer: Optional[Union[str, int]] = field(
@@ -62,13 +63,25 @@ class SkipCollapseConfig(PeftConfig):
             )
         },
     )
-    pooling: Optional[Literal["cls", "avg", "mean", "flatten"]] = field(
+    pooling: Optional[Literal["cls", "mean", "avg", "per_token", "flatten"]] = field(
         default=None,
         metadata={
             "help": (
-                "How the source block's output becomes a vector: 'cls' (first token), 'avg' (global average over the "
-                "spatial dims of a [B, C, ...] map), 'mean' (mean over tokens of [B, T, D]), 'flatten'. None follows "
-                "the architecture."
+                "How the source block's output becomes what the head takes: 'cls' (first token of [B, T, D]), 'mean' "
+                "(mean over the real tokens, padding left out), 'avg' (global average over the spatial axes of a map), "
+                "'per_token' (every token: for heads that run on every token, as decoder classifiers' do, which then "
+                "pick the token they classify), 'flatten'. None does what the model does to its last block's output "
+                "(measured on an example batch)."
+            )
+        },
+    )
+    channels_last: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Whether the features sit on the last axis of the source block's output (tokens [B, T, D], maps "
+                "[B, H, W, C] as timm's Swin stages return them) rather than on axis 1 ([B, C, H, W]); what 'avg' "
+                "averages depends on it. None measures it on an example batch."
             )
         },
     )
@@ -92,7 +105,12 @@ class SkipCollapseConfig(PeftConfig):
     )
     source_dim: Optional[int] = field(
         default=None,
-        metadata={"help": "Width of the pooled source features. None infers it from the block's layers."},
+        metadata={
+            "help": (
+                "Width of the pooled source features. None measures it on an example batch; a given value is checked "
+                "against that measurement."
+            )
+        },
     )
     head_module: Optional[str] = field(
         default=None,
@@ -134,6 +152,8 @@ class SkipCollapseConfig(PeftConfig):
         _check_choice("projection", self.projection, PROJECTION_CHOICES)
         if self.pooling is not None:
             _check_choice("pooling", self.pooling, POOLING_CHOICES)
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise TypeError(f"channels_last must be True, False or None (measure it), got {self.channels_last!r}")
         if isinstance(self.source_layer, bool) or not isinstance(self.source_layer, (str, int, type(None))):
             raise TypeError(
                 f"source_layer must be a module name (str), a block index (int) or None, got {self.source_layer!r}"

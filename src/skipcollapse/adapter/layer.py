@@ -32,11 +32,14 @@ base's, as peft's LoRA layers do.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import torch
+import torch.utils._pytree as pytree
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -52,13 +55,41 @@ NO_MERGE = (
 class CallScope:
     """What one forward call of the model passes from block ℓ to the head."""
 
-    __slots__ = ("root", "pooled", "source_output", "replaced")
+    __slots__ = ("root", "layers", "token_mask", "pooled", "source_output", "source_hidden", "replaced")
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: nn.Module, layers: Sequence["SkipCollapseLayer"], token_mask: Optional[torch.Tensor]):
         self.root = root  # the model object this call runs on (a DataParallel replica's own modules, for instance)
+        self.layers = tuple(layers)  # the SkipCollapse layers of `root`: the ones this scope serves
+        self.token_mask = token_mask  # [B, T] real (1) and padding (0) tokens of this call's input, when it has them
         self.pooled: Optional[torch.Tensor] = None  # s, block ℓ's pooled output, consumed by the head
-        self.source_output: Any = None  # block ℓ's raw output: what bypassed blocks return under replace
+        self.source_output: Any = None  # block ℓ's raw output
+        self.source_hidden: Optional[torch.Tensor] = None  # its hidden states: what bypassed modules hand on
         self.replaced = False  # a replace adapter's source has run: what follows up to the head is bypassed
+
+    def serves(self, layer: "SkipCollapseLayer") -> bool:
+        return any(layer is own for own in self.layers)
+
+
+# The scopes open in this thread, innermost last. Per thread, because one model object may be called from several
+# threads at once (an inference server's pool, DataParallel's replicas, one thread training while another
+# evaluates): a scope kept on the shared layer objects would hand one call's skip to another call's head.
+_THREAD = threading.local()
+
+
+def _open_scopes() -> list[CallScope]:
+    scopes = getattr(_THREAD, "scopes", None)
+    if scopes is None:
+        scopes = _THREAD.scopes = []
+    return scopes
+
+
+def current_scope(layer: "SkipCollapseLayer") -> Optional[CallScope]:
+    """The scope of the model call `layer` runs in on this thread, or None outside any (a gradient-checkpointing
+    recomputation in the backward pass, or a submodule called on its own)."""
+    for scope in reversed(_open_scopes()):
+        if scope.serves(layer):
+            return scope
+    return None
 
 
 def _scoped_layers(root: nn.Module, names: Optional[Sequence[str]] = None) -> list["SkipCollapseLayer"]:
@@ -85,25 +116,43 @@ def _child(root: nn.Module, name: str) -> Optional[nn.Module]:
     return module
 
 
-def open_scope(root: nn.Module, names: Optional[Sequence[str]] = None) -> CallScope:
-    """Give every SkipCollapse layer under `root` (this call's module objects) a fresh scope."""
-    scope = CallScope(root)
-    for layer in _scoped_layers(root, names):
-        layer._scope = scope
+def open_scope(
+    root: nn.Module, names: Optional[Sequence[str]] = None, token_mask: Optional[torch.Tensor] = None
+) -> CallScope:
+    """Open a scope for one call of `root` on this thread, serving the SkipCollapse layers under `root`."""
+    scope = CallScope(root, _scoped_layers(root, names), token_mask)
+    _open_scopes().append(scope)
     return scope
 
 
 def close_scope(root: nn.Module, names: Optional[Sequence[str]] = None) -> None:
-    """End the call's scope: the skip and block ℓ's output are dropped with it."""
-    for layer in _scoped_layers(root, names):
-        layer._scope = None
+    """End this thread's innermost scope of `root`: the skip and block ℓ's output are dropped with it."""
+    scopes = _open_scopes()
+    for index in range(len(scopes) - 1, -1, -1):
+        if scopes[index].root is root:
+            del scopes[index]
+            return
+
+
+@contextlib.contextmanager
+def call_scope(
+    root: nn.Module, names: Optional[Sequence[str]] = None, token_mask: Optional[torch.Tensor] = None
+) -> Iterator[CallScope]:
+    """One call's scope, for code that runs the model's modules itself (the prefix cache)."""
+    scope = open_scope(root, names, token_mask)
+    try:
+        yield scope
+    finally:
+        close_scope(root, names)
 
 
 def scope_pre_hook(
     root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], names: Optional[Sequence[str]] = None
 ) -> None:
     """Forward pre-hook on the model root: each call of the model opens its own scope."""
-    open_scope(root, names)
+    mask = kwargs.get("attention_mask")
+    mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None  # [B, T]: 1 real, 0 padding
+    open_scope(root, names, mask)
 
 
 def scope_post_hook(
@@ -114,24 +163,85 @@ def scope_post_hook(
 
 
 def first_tensor(output: Any) -> torch.Tensor:
-    """The hidden states of a block's output: the tensor itself, or the first item of a tuple/ModelOutput."""
+    """The hidden states of a block's output: the tensor itself, else the first tensor of its structure (a tuple,
+    a nested tuple such as PVTv2's ``((hidden,), h, w)``, a ModelOutput)."""
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    if hasattr(output, "to_tuple"):
-        return output.to_tuple()[0]
+    for leaf in pytree.tree_leaves(output):
+        if isinstance(leaf, torch.Tensor):
+            return leaf
     raise TypeError(f"cannot find the hidden states in a block output of type {type(output).__name__}")
 
 
-def pool(hidden: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Turn a block's hidden states into one vector per example."""
+class _TensorSlot:
+    """Where a module's output has a tensor: either "the shape of the module's input" (most blocks keep it, whatever
+    the batch, sequence length or image size), or a recorded shape with the batch axis (and, for token models, the
+    token axis) marked, so a stand-in of the right shape can be made for another batch."""
+
+    __slots__ = ("like_input", "shape", "dtype")
+
+    def __init__(self, tensor: torch.Tensor, given: Optional[torch.Tensor], batch: int, tokens: Optional[int]) -> None:
+        self.like_input = given is not None and given.shape == tensor.shape and given.dtype == tensor.dtype
+        marked: list[Any] = list(tensor.shape)
+        if marked and marked[0] == batch:
+            marked[0] = "batch"
+        if tokens is not None and len(marked) > 1 and marked[1] == tokens:
+            marked[1] = "tokens"
+        self.shape, self.dtype = tuple(marked), tensor.dtype
+
+
+OutputTemplate = tuple[pytree.TreeSpec, list[Any]]
+"""A module's output structure, its tensors replaced by `_TensorSlot`s, recorded from one example call."""
+
+
+def output_template(output: Any, given: Any, batch: int, tokens: Optional[int]) -> OutputTemplate:
+    """The structure of `output`, which a module returned for the positional inputs `given`."""
+    leaves, spec = pytree.tree_flatten(output)
+    first = next((a for a in pytree.tree_leaves(given) if isinstance(a, torch.Tensor)), None)
+    return spec, [_TensorSlot(v, first, batch, tokens) if isinstance(v, torch.Tensor) else v for v in leaves]
+
+
+def fill_template(template: OutputTemplate, given: Optional[torch.Tensor], hidden: torch.Tensor) -> Any:
+    """`template`'s structure with stand-ins for its tensors: the module's own input `given` where the tensor had
+    its shape, else zeros of the recorded shape (batch and token axes taken from `hidden`, block ℓ's hidden
+    states), so model code that unpacks or reshapes them keeps working."""
+    spec, leaves = template
+    sizes = {"batch": hidden.shape[0], "tokens": hidden.shape[1] if hidden.dim() > 1 else 1}
+    filled = []
+    for leaf in leaves:
+        if not isinstance(leaf, _TensorSlot):
+            filled.append(leaf)
+        elif leaf.like_input and given is not None:
+            filled.append(given)
+        else:
+            filled.append(hidden.new_zeros([sizes.get(d, d) for d in leaf.shape], dtype=leaf.dtype))
+    return pytree.tree_unflatten(filled, spec)
+
+
+def pool(
+    hidden: torch.Tensor, pooling: str, channels_last: bool = False, token_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Turn a block's hidden states into what the head takes: one vector per example, or per token (``per_token``).
+
+    ``mean`` averages real tokens only when the call's [B, T] token mask fits the hidden states, so one example
+    gives the same vector alone and in a padded batch. ``avg`` averages every axis but the batch and the feature
+    axis: axis 1 for [B, C, H, W] maps, the last axis for channels-last maps [B, H, W, C] and tokens [B, T, D].
+    """
     if pooling == "cls":
         return hidden[:, 0]
+    if pooling == "per_token":
+        return hidden
     if pooling == "mean":
+        if token_mask is not None and hidden.dim() == 3 and tuple(token_mask.shape) == tuple(hidden.shape[:2]):
+            weights = token_mask.to(hidden.dtype).unsqueeze(-1)
+            return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
         return hidden.mean(dim=1)
     if pooling == "avg":
-        return hidden.flatten(2).mean(dim=-1) if hidden.dim() > 2 else hidden
+        if hidden.dim() <= 2:
+            return hidden
+        if channels_last:
+            return hidden.flatten(1, -2).mean(dim=1)
+        return hidden.flatten(2).mean(dim=-1)
     return hidden.flatten(1)
 
 
@@ -162,7 +272,6 @@ class SkipCollapseLayer(nn.Module, BaseTunerLayer):
     """
 
     fusion: dict[str, str]
-    _scope: Optional[CallScope] = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -193,7 +302,7 @@ class SkipSourceLayer(SkipCollapseLayer):
     """Block ℓ with, per adapter, an optional trainable copy of the block; hands its pooled output s to the head."""
 
     adapter_layer_names = ("skipcollapse_block",)
-    other_param_names = ("train_source", "pooling", "fusion")
+    other_param_names = ("train_source", "pooling", "channels_last", "fusion")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -201,14 +310,18 @@ class SkipSourceLayer(SkipCollapseLayer):
         self.skipcollapse_block = nn.ModuleDict()
         self.train_source: dict[str, str] = {}
         self.pooling: dict[str, str] = {}
+        self.channels_last: dict[str, bool] = {}
         self.fusion: dict[str, str] = {}
         self.merged_adapters = []
 
-    def update_layer(self, adapter_name: str, *, train_source: str, pooling: str, fusion: str) -> None:
+    def update_layer(
+        self, adapter_name: str, *, train_source: str, pooling: str, fusion: str, channels_last: bool = False
+    ) -> None:
         if train_source != "none":
-            self.skipcollapse_block[adapter_name] = copy.deepcopy(self.base_layer)
+            self.skipcollapse_block[adapter_name] = _copy_module(self.base_layer)
         self.train_source[adapter_name] = train_source
         self.pooling[adapter_name] = pooling
+        self.channels_last[adapter_name] = channels_last
         self.fusion[adapter_name] = fusion
         self.set_adapter(self.active_adapters)
 
@@ -227,7 +340,7 @@ class SkipSourceLayer(SkipCollapseLayer):
                 _freeze_all_but_norms_and_biases(block)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        scope = self._scope
+        scope = current_scope(self)
         if scope is not None and scope.replaced:  # an earlier replace source ended this forward's path
             return scope.source_output
         adapter = self._active()
@@ -242,9 +355,10 @@ class SkipSourceLayer(SkipCollapseLayer):
         if scope is None:
             # Outside a model forward (a gradient-checkpointing recomputation of this block): only the output counts.
             return output
-        scope.pooled = pool(first_tensor(output), self.pooling[adapter])
+        hidden = first_tensor(output)
+        scope.pooled = pool(hidden, self.pooling[adapter], self.channels_last.get(adapter, False), scope.token_mask)
         if self.fusion[adapter] == "replace":
-            scope.source_output, scope.replaced = output, True
+            scope.source_output, scope.source_hidden, scope.replaced = output, hidden, True
         return output
 
 
@@ -261,17 +375,20 @@ class SkipGate(nn.Module):
 
 
 class SkipBypassLayer(SkipCollapseLayer):
-    """A module after block ℓ that a ``replace`` adapter skips: it returns block ℓ's output (a block) or its own
-    input (anything else between the blocks and the head) once a replace source has run in this call, and runs
-    its module otherwise (adapters off, another fusion, or a source later in the model)."""
+    """A module after block ℓ that a ``replace`` adapter skips. Once a replace source has run in this call it
+    returns, in place of its own output, the structure its module returns (a tensor, a tuple such as a Swin stage's
+    ``(hidden, hidden_before_downsampling, sizes)``, a ModelOutput; recorded from one example call at injection)
+    with block ℓ's hidden states in every tensor's place, so the model code that unpacks it keeps working; what
+    those values are does not matter, since the head classifies P(s) alone. It runs its module otherwise (adapters
+    off, another fusion, or a source later in the model)."""
 
     adapter_layer_names = ()
     other_param_names = ("fusion",)
 
-    def __init__(self, base_layer: nn.Module, is_block: bool) -> None:
+    def __init__(self, base_layer: nn.Module, template: OutputTemplate) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.is_block = is_block
+        self.template = template
         self.fusion: dict[str, str] = {}
         self.merged_adapters = []
 
@@ -280,9 +397,10 @@ class SkipBypassLayer(SkipCollapseLayer):
         self.set_adapter(self.active_adapters)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        scope = self._scope
+        scope = current_scope(self)
         if scope is not None and scope.replaced:
-            return scope.source_output if self.is_block else (args[0] if args else next(iter(kwargs.values())))
+            given = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)), None)
+            return fill_template(self.template, given, scope.source_hidden)
         return self.base_layer(*args, **kwargs)
 
 
@@ -290,7 +408,7 @@ class SkipHeadLayer(SkipCollapseLayer):
     """The classifier's final linear layer, with per adapter the skip path (norm → P → g) from block ℓ's pooled
     output s, the fusion of the skip with the layer's input, and a trainable copy of the head."""
 
-    adapter_layer_names = ("skipcollapse_head", "skipcollapse_proj", "skipcollapse_gate")
+    adapter_layer_names = ("skipcollapse_head_copy", "skipcollapse_proj", "skipcollapse_gate")
     other_param_names = ("fusion", "_skip_norms")  # per-adapter dicts: peft's delete_adapter drops their entries
 
     def __init__(self, base_layer: nn.Linear) -> None:
@@ -299,7 +417,7 @@ class SkipHeadLayer(SkipCollapseLayer):
         # The skip path first, then the head: the order the parameters reach optimizers and gradient clipping in.
         self.skipcollapse_proj = nn.ModuleDict()
         self.skipcollapse_gate = nn.ModuleDict()
-        self.skipcollapse_head = nn.ModuleDict()
+        self.skipcollapse_head_copy = nn.ModuleDict()
         self.fusion: dict[str, str] = {}
         # Per adapter, the name of a frozen module of the base model (its final norm) applied to s, or "". A name,
         # looked up in the call's model, not a module held here: a DataParallel replica must use its own copy.
@@ -332,7 +450,7 @@ class SkipHeadLayer(SkipCollapseLayer):
                     head.bias.copy_(base.bias)
         else:
             head = copy.deepcopy(base)
-        self.skipcollapse_head[adapter_name] = head
+        self.skipcollapse_head_copy[adapter_name] = head
         self.fusion[adapter_name] = fusion
         self._skip_norms[adapter_name] = skip_norm
         self.set_adapter(self.active_adapters)
@@ -341,7 +459,7 @@ class SkipHeadLayer(SkipCollapseLayer):
         adapter = self._active()
         if adapter is None:
             return self.base_layer(x, *args, **kwargs)
-        scope = self._scope
+        scope = current_scope(self)
         pooled = None if scope is None else scope.pooled
         if pooled is None:
             raise RuntimeError(
@@ -350,12 +468,12 @@ class SkipHeadLayer(SkipCollapseLayer):
             )
         scope.pooled = None  # each call's skip is used once
         skip = self._skip(adapter, pooled, scope.root)
-        head = self.skipcollapse_head[adapter]
+        head = self.skipcollapse_head_copy[adapter]
         fusion = self.fusion[adapter]
         if fusion == "replace":
             z = skip
         elif fusion == "concat":
-            z = torch.cat([x, skip.to(x.dtype).expand(*x.shape[:-1], skip.shape[-1])], dim=-1)
+            z = torch.cat([x, skip.to(x.dtype)], dim=-1)
         else:
             z = x + skip.to(x.dtype)
         return head(_cast(z, _dtype_of(head)))
@@ -374,6 +492,19 @@ class SkipHeadLayer(SkipCollapseLayer):
             )
         skip = proj(_cast(pooled, _dtype_of(proj)))
         return skip if self.fusion[adapter] == "replace" else self.skipcollapse_gate[adapter](skip)
+
+
+def _copy_module(module: nn.Module) -> nn.Module:
+    """A deep copy of `module`. Tensors a module keeps outside its parameters and buffers that still hold an
+    autograd graph (a cache filled in an earlier forward, as LeViT's attention-bias cache is) are copied without
+    their graph: `copy.deepcopy` refuses such tensors."""
+    memo: dict[int, Any] = {}
+    for sub in module.modules():
+        for value in vars(sub).values():
+            for item in value.values() if isinstance(value, dict) else [value]:
+                if isinstance(item, torch.Tensor) and not item.is_leaf:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(module, memo)
 
 
 def _base(module: nn.Module) -> nn.Module:

@@ -20,22 +20,29 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .architectures import Architecture, candidates_message, discover, infer_output_width, measure_output_width
+from .architectures import Architecture, candidates_message, discover, infer_output_width, norm_width
 from .batchnorm import frozen_batchnorms
 from .config import SkipCollapseConfig
 from .layer import (
     NO_MERGE,
+    CallScope,
+    OutputTemplate,
     SkipBypassLayer,
     SkipCollapseLayer,
     SkipHeadLayer,
     SkipSourceLayer,
     _base,
     _scoped_layers,
+    call_scope,
+    pool,
     scope_post_hook,
     scope_pre_hook,
 )
+from .measure import Measurement, channels_last, example_inputs, measure
 
 _SEQ_CLS_ADDS = ("classifier", "score")  # what peft's sequence-classification model adds to modules_to_save
+
+_OLD_HEAD_COPY = re.compile(r"(^|\.)skipcollapse_head\.")
 
 # One adapter's entry in a per-adapter container ('...skipcollapse_block.default', '...modules_to_save.default').
 _ADAPTER_ENTRY = re.compile(r"(^|\.)(skipcollapse_\w+|modules_to_save)\.[^.]+$")
@@ -57,46 +64,18 @@ class SkipCollapseModel(BaseTuner):
 
         Runs before peft matches modules, so a bad name fails before the model is touched.
         """
-        _resolve_config(peft_config, model)
+        templates = _resolve_config(peft_config, model)
+        self._bypass_plan = {**getattr(self, "_bypass_plan", {}), _plan_key(peft_config): templates}
 
     def _check_target_module_exists(self, peft_config: SkipCollapseConfig, key: str) -> bool:
         return key in (peft_config.source_layer, peft_config.head_module) or key in self._bypassed(peft_config)
 
-    def _bypassed(self, config: SkipCollapseConfig) -> dict[str, bool]:
-        """Under ``replace``: what the forward would run between block ℓ and the head, so that it does not run.
-
-        These are the top-most modules with weights or buffers that the model registers after block ℓ (models
-        register their modules in the order they run them), other than the head and its ancestors. Parameter-free
-        modules (pooling, dropout, activations) are left alone: they work on any width and cost nothing.
-        Returns name -> whether it is one of the model's blocks; computed once per injection.
-        """
+    def _bypassed(self, config: SkipCollapseConfig) -> dict[str, Optional[OutputTemplate]]:
+        """Under ``replace``: what the forward would run between block ℓ and the head, so that it does not run
+        (name -> the structure its module returns), planned when the config was resolved."""
         if config.fusion != "replace":
             return {}
-        key = (config.source_layer, config.head_module)
-        cached = getattr(self, "_bypassed_cache", {}).get(key)
-        if cached is not None:
-            return cached
-        source, head = key
-        blocks = set(getattr(discover(self.model), "blocks", []))
-        chosen: list[str] = []
-        after = False
-        for name, module in self.model.named_modules():
-            if name == source:
-                after = True
-                continue
-            if not after or name.startswith(source + ".") or name == head or head.startswith(name + "."):
-                continue
-            if "skipcollapse_" in name or any(name.startswith(c + ".") for c in chosen):
-                continue
-            if isinstance(module, (SkipSourceLayer, SkipHeadLayer)):
-                continue
-            if next(module.parameters(), None) is None and next(module.buffers(), None) is None:
-                continue
-            if any(b.startswith(name + ".") for b in blocks) or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-                continue  # a container the forward iterates or a container of blocks: its members are wrapped one by one
-            chosen.append(name)
-        self._bypassed_cache = {**getattr(self, "_bypassed_cache", {}), key: {n: n in blocks for n in chosen}}
-        return self._bypassed_cache[key]
+        return getattr(self, "_bypass_plan", {}).get(_plan_key(config), {})
 
     def _create_and_replace(
         self,
@@ -118,6 +97,7 @@ class SkipCollapseModel(BaseTuner):
                 train_source=peft_config.train_source,
                 pooling=peft_config.pooling,
                 fusion=peft_config.fusion,
+                channels_last=bool(peft_config.channels_last),
             )
         elif current_key == peft_config.head_module:
             layer = target
@@ -135,7 +115,7 @@ class SkipCollapseModel(BaseTuner):
         elif isinstance(target, SkipBypassLayer):
             target.update_layer(adapter_name)
         elif not isinstance(target, SkipCollapseLayer):
-            layer = SkipBypassLayer(target, is_block=self._bypassed(peft_config)[current_key])
+            layer = SkipBypassLayer(target, template=self._bypassed(peft_config)[current_key])
             self._replace_module(parent, target_name, layer, target)
             layer.update_layer(adapter_name)
         # which adapter is active on the new layers is set by peft's inject_adapter right after this
@@ -144,7 +124,6 @@ class SkipCollapseModel(BaseTuner):
         # Resolve a copy: the config object the user passed stays as it was (but for SEQ_CLS, below), reusable.
         passed = self.peft_config[adapter_name]
         self.peft_config[adapter_name] = copy.deepcopy(passed)
-        self._bypassed_cache = {}
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         kept = self.peft_config[adapter_name].modules_to_save or []
         if passed.task_type == "SEQ_CLS" and passed.modules_to_save:
@@ -178,6 +157,11 @@ class SkipCollapseModel(BaseTuner):
                     for name, buffer in module.named_buffers(recurse=False):
                         if dtype is not None and buffer.is_floating_point() and buffer.dtype != dtype:
                             setattr(module, name, buffer.to(dtype))
+
+    def call_scope(self, root: Optional[nn.Module] = None, token_mask: Optional[torch.Tensor] = None):
+        """A context manager holding one call's scope, for code that runs this model's modules itself instead of
+        calling the model (the prefix cache): what the model's own forward hooks open and close around each call."""
+        return call_scope(self.model if root is None else root, getattr(self, "_scoped_names", None), token_mask)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         # Call the model, not its .forward, so the hooks that open the call's scope run.
@@ -256,6 +240,9 @@ class SkipCollapseModel(BaseTuner):
         the head (so FSDP can free block ℓ's weights after its forward). Their keys are moved there on loading, so
         those adapters load whole instead of coming back with a closed gate and a fresh projection. (The earliest
         files stored the gate as a bare parameter, '<block>.skipcollapse_gate', now the gate module's weight.)"""
+        # Adapters saved before 0.2 named the head copies' container 'skipcollapse_head', a name that peft's
+        # suffix matching of modules_to_save confused with a model's own module 'head' (ModernBERT's).
+        state_dict = {_OLD_HEAD_COPY.sub(r"\1skipcollapse_head_copy.", key): value for key, value in state_dict.items()}
         if config.source_layer and config.head_module:
             source, head = re.escape(config.source_layer), config.head_module
             modules = re.compile(rf"(^|\.){source}\.(skipcollapse_(?:proj|gate))\.")
@@ -278,10 +265,18 @@ def _skip_width(config: SkipCollapseConfig, head: nn.Module) -> int:
     return head.in_features
 
 
-def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
+def _plan_key(config: SkipCollapseConfig) -> tuple[Any, Any]:
+    return (config.source_layer, config.head_module)
+
+
+def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> dict[str, Optional[OutputTemplate]]:
+    """Fill every `None` field of `config` from `model` and check it against one measured example forward.
+
+    Returns, under ``replace``, what the adapter bypasses (name -> the structure its module returns)."""
     arch = discover(model)
     model_class = type(model).__name__
-    if config.base_model_class is not None and config.base_model_class != model_class:
+    loading = config.base_model_class is not None  # a resolved config: an adapter being loaded or re-applied
+    if loading and config.base_model_class != model_class:
         raise ValueError(
             f"this SkipCollapse adapter was created for a {config.base_model_class}, but the model is a "
             f"{model_class}; load it onto the architecture it was trained on, or create a new SkipCollapseConfig "
@@ -289,7 +284,8 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
         )
     _require_names_for_unknown_model(config, model, arch)
     blocks = arch.blocks if arch else []
-
+    if loading:
+        _check_loaded_names(config, model)
     config.source_layer = _resolve_source(config.source_layer, model, blocks)
     config.head_module = config.head_module or arch.head
     head = _resolve_head(config.head_module, model)
@@ -301,33 +297,54 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
             f"source_layer={source!r} and head_module={config.head_module!r} overlap: the skip must come from a "
             f"block before the head; choose one of the blocks: {candidates_message(model, source, blocks)}"
         )
-    config.pooling = config.pooling or arch.pooling
-    if config.skip_norm is None:
-        config.skip_norm = arch.skip_norm if arch else ""
-    if config.skip_norm:
-        _require_module(model, config.skip_norm, "skip_norm", blocks)
-
-    loading = config.base_model_class is not None  # a resolved config: an adapter being loaded or re-applied
     if loading:
-        _check_loaded_widths(config, model, arch, head)
-    measured = None
-    if not (arch and arch.hidden_size):
+        _check_loaded_classes(config, head)
+
+    bypassed = _bypassed_modules(model, source, config.head_module, blocks) if config.fusion == "replace" else []
+    inputs = example_inputs(model)
+    templates: dict[str, Optional[OutputTemplate]] = {name: None for name in bypassed}
+    if inputs is None:  # nothing says what the model takes: the user's names and widths are trusted
+        if config.pooling is None:
+            raise ValueError(
+                f"cannot build an example batch for {model_class} to measure its source block; set "
+                "SkipCollapseConfig(pooling=...) (and source_dim=... if the block's width cannot be read off its layers)"
+            )
+        measured_width = None
+    else:
+        last_block = blocks[-1] if blocks else source
         with _adapters_off(model):  # another adapter's replace fusion would hand the block a different output
-            measured = measure_output_width(model, source, config.pooling)
-    if loading and config.source_dim is not None and measured is not None and config.source_dim != measured:
-        raise ValueError(_loading_mismatch(config, f"{source!r} gives {config.source_dim} features", f"{measured}"))
-    if config.source_dim is not None and measured is not None and config.source_dim != measured:
+            found = measure(model, inputs, source, config.head_module, last_block, bypassed)
+        _check_runs_once(found, config, model, blocks)
+        hidden = found.source_hidden
+        if config.pooling is None:
+            config.pooling = _default_pooling(hidden, found)
+        if config.channels_last is None:
+            config.channels_last = channels_last(hidden, _base(model.get_submodule(source)), model)
+        _check_pooling(config, hidden, found, model_class)
+        measured_width = pool(hidden, config.pooling, config.channels_last).shape[-1]
+        templates.update(found.templates)
+    if config.source_dim is not None and measured_width is not None and config.source_dim != measured_width:
+        if loading:
+            raise ValueError(_loading_mismatch(config, f"{source!r} gave {config.source_dim} features",
+                                               f"{measured_width} there"))
         raise ValueError(
-            f"source_dim={config.source_dim}, but {source!r} with pooling={config.pooling!r} gives {measured} "
-            f"features (measured with an example batch); set source_dim={measured} or leave it unset"
+            f"source_dim={config.source_dim}, but {source!r} with pooling={config.pooling!r} gives {measured_width} "
+            f"features (measured with an example batch); set source_dim={measured_width} or leave it unset"
         )
     if config.source_dim is None:
-        known = arch.hidden_size if arch else None
-        config.source_dim = known or measured or infer_output_width(_base(model.get_submodule(source)))
+        config.source_dim = measured_width or infer_output_width(_base(model.get_submodule(source)))
         if config.source_dim is None:
             raise ValueError(
                 f"cannot infer the width of {source!r}'s pooled output; set SkipCollapseConfig(source_dim=...)"
             )
+    if config.channels_last is None:
+        config.channels_last = False
+    if config.skip_norm is None:
+        final_norm = arch.final_norm if arch else ""
+        fits = final_norm and norm_width(model.get_submodule(final_norm)) == config.source_dim
+        config.skip_norm = final_norm if fits else ""
+    if config.skip_norm:
+        _require_module(model, config.skip_norm, "skip_norm", blocks)
     if config.projection == "auto":
         same = config.source_dim == head.in_features
         config.projection = "identity" if same or config.fusion == "concat" else "linear"
@@ -340,6 +357,94 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> None:
     config.modules_to_save = _modules_to_save(config, model, arch)
     config.base_model_class = model_class
     config.num_classes = head.out_features
+    return templates
+
+
+def _default_pooling(hidden: torch.Tensor, found: Measurement) -> str:
+    """What the head would see of the source block, done the way the model does it to its last block."""
+    if hidden.dim() > 3:
+        return "avg"  # a map: average its spatial axes
+    if hidden.dim() == 2:
+        return "flatten"
+    return found.classified if found.classified in ("cls", "mean", "per_token") else "mean"
+
+
+def _check_runs_once(found: Measurement, config: SkipCollapseConfig, model: nn.Module, blocks: list[str]) -> None:
+    source = config.source_layer
+    if found.source_calls == 0:
+        raise ValueError(
+            f"source_layer={source!r} did not run in a forward pass of {type(model).__name__} on an example batch, "
+            f"so it cannot feed the head; choose a block the forward runs: {candidates_message(model, source, blocks)}"
+        )
+    if found.source_after_head:
+        raise ValueError(
+            f"source_layer={source!r} runs after the head {config.head_module!r} in the forward pass; the skip must "
+            f"come from a block before the head: {candidates_message(model, source, blocks)}"
+        )
+    if found.source_calls > 1:
+        raise ValueError(
+            f"source_layer={source!r} runs {found.source_calls} times in one forward pass of "
+            f"{type(model).__name__}: its weights are shared across depth (as ALBERT's one layer is), so no single "
+            "output of it is 'block ℓ', and a trained copy would replace it at every depth. SkipCollapse needs a "
+            "block that runs once; for a model whose blocks all share weights, fine-tune it with LoRA instead"
+        )
+
+
+def _check_pooling(config: SkipCollapseConfig, hidden: torch.Tensor, found: Measurement, model_class: str) -> None:
+    """The pooling fits the source block's output and the head's input; else say which would."""
+    source, pooling, shape = config.source_layer, config.pooling, tuple(hidden.shape)
+    per_token_head = found.head_input is not None and found.head_input.dim() == 3
+    fits = {
+        "cls": hidden.dim() == 3,
+        "mean": hidden.dim() == 3,
+        "per_token": hidden.dim() == 3 and per_token_head,
+        "avg": hidden.dim() >= 3,
+        "flatten": True,
+    }[pooling]
+    if fits and per_token_head and pooling != "per_token":
+        fits = False
+    if not fits:
+        suggestion = "per_token" if per_token_head else _default_pooling(hidden, found)
+        reason = (
+            "the head runs on every token (the model picks the token it classifies after the head), so the skip must "
+            "reach every token"
+            if per_token_head
+            else f"{source!r} outputs {shape}"
+        )
+        raise ValueError(
+            f"pooling={pooling!r} does not fit {model_class}: {reason}; use pooling={suggestion!r} (or leave it unset "
+            "to follow the model)"
+        )
+    if pooling == "per_token" and found.head_input.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"pooling='per_token' needs the source block's tokens to be the head's, but {source!r} outputs {shape} "
+            f"and the head takes {tuple(found.head_input.shape)}"
+        )
+
+
+def _bypassed_modules(model: nn.Module, source: str, head: str, blocks: list[str]) -> list[str]:
+    """Under ``replace``: the top-most modules with weights or buffers that the model registers after block ℓ
+    (models register their modules in the order they run them), other than the head and its ancestors.
+    Parameter-free modules (pooling, dropout, activations) are left alone: they work on any width and cost nothing."""
+    block_set = set(blocks)
+    chosen: list[str] = []
+    after = False
+    for name, module in model.named_modules():
+        if name == source:
+            after = True
+            continue
+        if not after or name.startswith(source + ".") or name == head or head.startswith(name + "."):
+            continue
+        if "skipcollapse_" in name or any(name.startswith(c + ".") for c in chosen):
+            continue
+        if isinstance(module, (SkipSourceLayer, SkipHeadLayer)):
+            continue
+        if next(module.parameters(), None) is None and next(module.buffers(), None) is None:
+            continue
+        if any(b.startswith(name + ".") for b in block_set) or isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            continue  # a container the forward iterates or a container of blocks: its members are wrapped one by one
+        chosen.append(name)
+    return chosen
 
 
 @contextlib.contextmanager
@@ -364,7 +469,7 @@ def _loading_mismatch(config: SkipCollapseConfig, trained: str, here: str) -> st
     )
 
 
-def _check_loaded_widths(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture], head: nn.Linear):
+def _check_loaded_classes(config: SkipCollapseConfig, head: nn.Linear) -> None:
     """A saved adapter meets the base it is loaded onto: say which size differs and what to do, before peft's
     raw size-mismatch errors."""
     if config.num_classes is not None and head.out_features != config.num_classes:
@@ -374,10 +479,21 @@ def _check_loaded_widths(config: SkipCollapseConfig, model: nn.Module, arch: Opt
             f"num_labels={config.num_classes} (e.g. AutoModelFor...Classification.from_pretrained(name, "
             f"num_labels={config.num_classes}, ignore_mismatched_sizes=True)) before PeftModel.from_pretrained"
         )
-    known = arch.hidden_size if arch else None
-    if known is not None and config.source_dim is not None and known != config.source_dim:
-        raise ValueError(_loading_mismatch(config, f"the source block gives {config.source_dim} features",
-                                           f"hidden size {known}"))
+
+
+def _check_loaded_names(config: SkipCollapseConfig, model: nn.Module) -> None:
+    """The modules a saved adapter was trained on exist in this base; else it belongs to another checkpoint."""
+    for field_name in ("source_layer", "head_module"):
+        name = getattr(config, field_name)
+        if isinstance(name, str) and not _has_module(model, name):
+            raise ValueError(_loading_mismatch(config, f"{field_name} was {name!r}", "no such module"))
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    module: Optional[nn.Module] = model
+    for part in name.split("."):
+        module = module._modules.get(part) if module is not None else None
+    return module is not None
 
 
 def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture]):
@@ -388,17 +504,15 @@ def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Modul
         for name, ok in (
             ("source_layer (a module name)", isinstance(config.source_layer, str)),
             ("head_module", config.head_module is not None),
-            ("pooling", config.pooling is not None),
         )
         if not ok
     ]
     if missing:
-        from .architectures import SUPPORTED_FAMILIES
-
         raise ValueError(
-            f"SkipCollapse does not know the architecture of {type(model).__name__} (supported: "
-            f"{', '.join(SUPPORTED_FAMILIES)}); name the modules explicitly: set {', '.join(missing)} in "
-            "SkipCollapseConfig"
+            f"SkipCollapse cannot find the blocks and the classifier head of {type(model).__name__}: it reads them "
+            "from what timm (group_matcher, get_classifier) and transformers (its layer classes, config.num_labels, "
+            f"base_model_prefix) publish, and this model is neither or publishes neither; name the modules explicitly: "
+            f"set {', '.join(missing)} in SkipCollapseConfig"
         )
 
 
@@ -428,13 +542,11 @@ def _resolve_head(name: str, model: nn.Module) -> nn.Linear:
 
 
 def _require_module(model: nn.Module, name: str, field: str, blocks: list[str], kind: type | None = None) -> None:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
+    if not _has_module(model, name):
         raise ValueError(
             f"{field}={name!r} is not a module of {type(model).__name__}; "
             f"{candidates_message(model, name, blocks, kind=kind)}"
-        ) from None
+        )
 
 
 def _modules_to_save(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture]) -> list[str]:

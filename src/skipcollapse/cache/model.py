@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..adapter.architectures import FAMILIES_WITH_SUFFIX, discover
-from ..adapter.layer import _device_of, close_scope, open_scope
-from ..adapter.suffix import SuffixRunner, blocks_then_head_input
+from ..adapter.architectures import discover
+from ..adapter.layer import _device_of
+from .suffix import HEAD_INPUTS, SuffixRunner, blocks_then_head_input, head_input_of
 from ..integrations.timm import TimmImageClassifier
 from .key import _adapter_parts
 from .store import CachedPrefixDataset, PrefixCache
@@ -57,9 +57,8 @@ class CachedSkipModel(nn.Module):
         source = base.get_submodule(config.source_layer)
         head = base.get_submodule(config.head_module)
         args, kwargs = self.cache.inputs(cache_index.cpu(), device=_device_of(base))
-        names = getattr(self.peft_model.base_model, "_scoped_names", None)  # where the tuner's layers are
-        scope = open_scope(base, names)  # this call's scope, as the model's own forward hooks would open it
-        try:
+        # this call's scope, as the model's own forward hooks would open it
+        with self.peft_model.base_model.call_scope(base) as scope:
             output = source(*args, **kwargs)
             if scope.replaced:  # replace fusion: nothing after ℓ runs; the head classifies P(s), not its input
                 logits = head(scope.pooled)
@@ -67,8 +66,6 @@ class CachedSkipModel(nn.Module):
                 if self._suffix is None:
                     self._suffix = suffix_runner(base, config.source_layer)
                 logits = head(self._suffix(output, args, kwargs))
-        finally:
-            close_scope(base, names)
         loss = None if labels is None else _classification_loss(base, logits, labels.to(logits.device))
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -97,21 +94,22 @@ class CachedSkipModel(nn.Module):
         self.peft_model.save_pretrained(*args, **kwargs)
 
 
-CACHED_SUFFIX_FAMILIES = FAMILIES_WITH_SUFFIX
-"""Families whose blocks after ℓ `CachedSkipModel` can run from a cache (needed by add/concat fusion)."""
+CACHED_SUFFIX_FAMILIES = tuple(HEAD_INPUTS)
+"""Model classes whose blocks after ℓ `CachedSkipModel` can run from a cache (needed by add/concat fusion)."""
 
 
 def suffix_runner(base: nn.Module, source_layer: str) -> SuffixRunner:
     """How to run `base` from block ℓ's output to its head's input h_L, for the families that have one.
 
     The prefix is skipped, so the model's own forward cannot be used: the blocks after ℓ run in the family table's
-    order, then the family's ``head_input`` (`adapter/suffix.py`, named by the table in `adapter/architectures.py`).
+    order, then the model class's ``head_input`` (`cache/suffix.py`).
     """
     arch = discover(base)
-    family = arch.family if arch is not None else type(base).__name__
+    family = type(getattr(base, "timm_model", base)).__name__
+    head_input = head_input_of(base)
     runner = None
-    if arch is not None and arch.head_input is not None:
-        runner = blocks_then_head_input(base, arch.blocks, source_layer, arch.head_input)
+    if arch is not None and head_input is not None:
+        runner = blocks_then_head_input(base, arch.blocks, source_layer, head_input)
     if runner is None:
         raise NotImplementedError(
             f"training from a prefix cache with fusion='add' or 'concat' runs the blocks after the source block from "

@@ -69,7 +69,7 @@ class HeadInputs:
         self.head = base.get_submodule(name)
         # A SkipCollapse head maps the fused z with its adapter's copy (or its base layer when adapters are off);
         # a plain head, or a peft wrapper of it, receives z itself.
-        copies = getattr(self.head, "skipcollapse_head", None)
+        copies = getattr(self.head, "skipcollapse_head_copy", None)
         self._active = getattr(model, "active_adapter", None) if copies is not None else None
         self._targets = [*copies.values(), self.head.base_layer] if copies is not None else [self.head]
         self._handles = [t.register_forward_pre_hook(self._remember) for t in self._targets]
@@ -104,7 +104,7 @@ class HeadInputs:
     def head_weight(self) -> torch.Tensor:
         """The weight [K, d] of the head that maps z to logits (the adapter's own head under SkipCollapse)."""
         if self._active is not None:
-            return self.head.skipcollapse_head[self._active].weight
+            return self.head.skipcollapse_head_copy[self._active].weight
         head = self.head
         for attr in ("modules_to_save", "base_layer"):  # peft wrappers of a plain head
             inner = getattr(head, attr, None)

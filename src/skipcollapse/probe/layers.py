@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..adapter.architectures import Architecture, candidates_message, discover
+from ..adapter.architectures import Architecture, candidates_message, discover, norm_width
 from ..adapter.layer import SkipCollapseLayer, SkipSourceLayer, first_tensor, pool
+from ..adapter.measure import classified_pooling
 from ..collapse.features import base_model
 from ..collapse.metrics import CollapseMetrics
 from .data import _batches, _metric_values, _transfer_scores
@@ -101,16 +102,20 @@ def probe_layers(
         names.sort(key=blocks.index)
     index = {name: blocks.index(name) if in_blocks else i for i, name in enumerate(names)}
     use_arch_pooling = pooling is None and arch is not None
-    pool_name = pooling or (arch.pooling if arch else "auto")
-    norm = base.get_submodule(arch.skip_norm) if use_arch_pooling and arch.skip_norm else None
+    pool_name = pooling or (classified_pooling(base) if arch else "auto")
+    norm_name = arch.final_norm if use_arch_pooling else ""
+    norm = base.get_submodule(norm_name) if norm_name else None
+    width = norm_width(norm) if norm is not None else None
 
     captured: dict[str, torch.Tensor] = {}
 
     def make_hook(name: str) -> Callable:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             hidden = first_tensor(output)
-            pooled = _auto_pool(hidden) if pool_name == "auto" else pool(hidden, pool_name)
-            captured[name] = norm(pooled) if norm is not None else pooled
+            pooled = _auto_pool(hidden) if pool_name == "auto" or hidden.dim() != 3 else pool(hidden, pool_name)
+            if pooled.dim() == 3:  # a head that runs per token: probe the last token, the one decoders classify
+                pooled = pooled[:, -1]
+            captured[name] = norm(pooled) if norm is not None and pooled.shape[-1] == width else pooled
 
         return hook
 
@@ -141,4 +146,4 @@ def probe_layers(
         rows.append(row)
     notes = [f"{r.name} did not run on this data" for r in rows if r.num_examples == 0]
     last_block = blocks[-1] if blocks and in_blocks else None
-    return LayerReport(rows, num_classes, pool_name, arch.skip_norm if norm is not None else "", last_block, notes=notes)
+    return LayerReport(rows, num_classes, pool_name, norm_name, last_block, notes=notes)

@@ -1,21 +1,24 @@
 """How to run a model from block ℓ's output to its head's input h_L: what training from a prefix cache with
 ``add``/``concat`` fusion needs, since the model's own forward cannot start in the middle.
 
-One runner serves every family: the blocks after ℓ run in the order of the family table's block list, each called
-as block ℓ was (same attention mask and flags, new hidden states), then the family's `head_input` does what the
+One runner serves every model: the blocks after ℓ run in the order of the discovered block list, each called as
+block ℓ was (same attention mask and flags, new hidden states), then the model class's `head_input` does what the
 model does between its last block and its head (final norm, pooling, pre-classifier layers). That last step is the
-only per-family code, and it is one short function per row of the table in `architectures.py`. A family whose
-blocks have something else between them (hf ConvNeXt's downsampling layers) has no `head_input` and no runner.
+only per-model code, one short function per row of `HEAD_INPUTS`: neither timm nor transformers publishes "the rest
+of the forward after the last block" as a callable. A model whose blocks have something else between them (hf
+ConvNeXt's downsampling layers, Swin's patch merging) or whose head runs per token (decoders: the token they
+classify is found from the input ids, which the cache does not keep) has no row and no runner.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
-from .layer import first_tensor
+from ..adapter.layer import first_tensor
 
 SuffixRunner = Callable[[Any, tuple[Any, ...], dict[str, Any]], torch.Tensor]
 """(block ℓ's output, block ℓ's positional args, its keyword args) -> the head's input h_L."""
@@ -27,8 +30,8 @@ HeadInput = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 def blocks_then_head_input(
     model: nn.Module, blocks: list[str], source: str, head_input: Callable[[torch.Tensor], torch.Tensor]
 ) -> Optional[SuffixRunner]:
-    """The runner from `source` (one of `blocks`, names in `model`) through the later blocks and `head_input` (the
-    family's, bound to the model by `discover`), or None when `source` is not one of the blocks."""
+    """The runner from `source` (one of `blocks`, names in `model`) through the later blocks and `head_input` (bound
+    to the model), or None when `source` is not one of the blocks."""
     if source not in blocks:
         return None
     later = [model.get_submodule(name) for name in blocks[blocks.index(source) + 1 :]]
@@ -42,7 +45,7 @@ def blocks_then_head_input(
     return run
 
 
-# ------------------------------------------------------------------------ per family: last block -> head input
+# ------------------------------------------------------------------ per model class: last block -> head input
 def timm_efficientnet(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.bn2(model.conv_head(x)), pre_logits=True)  # global pool, head dropout
 
@@ -76,3 +79,27 @@ def hf_roberta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def hf_distilbert(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.dropout(nn.functional.relu(model.pre_classifier(x[:, 0])))
+
+
+HEAD_INPUTS: dict[str, HeadInput] = {
+    # timm class names
+    "EfficientNet": timm_efficientnet,
+    "ResNet": timm_resnet,
+    "VisionTransformer": timm_vit,
+    # transformers class names
+    "ResNetForImageClassification": hf_resnet,
+    "ViTForImageClassification": hf_vit,
+    "BertForSequenceClassification": hf_bert,
+    "RobertaForSequenceClassification": hf_roberta,
+    "XLMRobertaForSequenceClassification": hf_roberta,
+    "CamembertForSequenceClassification": hf_roberta,
+    "DistilBertForSequenceClassification": hf_distilbert,
+}
+"""What each model class does after its last block, up to the head's input; the classes the cache can run."""
+
+
+def head_input_of(model: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """`model`'s row of `HEAD_INPUTS`, bound to it, or None."""
+    inner = getattr(model, "timm_model", model)
+    fn = HEAD_INPUTS.get(type(inner).__name__)
+    return None if fn is None else functools.partial(fn, inner)
