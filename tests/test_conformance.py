@@ -143,3 +143,35 @@ def test_the_fast_list_covers_every_kind_and_forty_architectures() -> None:
     kinds = {a.kind for a in FAST}
     assert kinds == {"image", "text", "decoder", "timm"}
     assert len(FAST) - len(REFUSED) >= 40
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_head_inputs_of_a_decoder_are_the_vectors_it_classifies(name: str) -> None:
+    """The features z that metrics and the collapse loss see are the head inputs at the token the model classifies
+    (the last real one), for the plain model and the adapted one alike: the head applied to z gives the logits."""
+    from skipcollapse import HeadInputs
+
+    arch = next(a for a in ARCHS if a.name == name)
+    inputs = _inputs(arch, pad=3)
+    for model in (arch.build(), get_peft_model(arch.build(), SkipCollapseConfig())):
+        with HeadInputs(model) as capture, torch.no_grad():
+            logits = forward_logits(model, inputs)
+            z = capture.latest
+            assert z.shape == (4, model.config.hidden_size)
+            weight = capture.head_weight()
+            torch.testing.assert_close(z @ weight.T, logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,fusion", [("bert", "add"), ("roberta", "replace"), ("modernbert", "concat")])
+def test_mean_pooling_leaves_padding_out(name: str, fusion: str) -> None:
+    arch = next(a for a in ARCHS if a.name == name)
+    model = get_peft_model(arch.build(), SkipCollapseConfig(fusion=fusion, pooling="mean")).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            gate = getattr(module, "skipcollapse_gate", None)
+            if gate is not None and "default" in gate:
+                gate["default"].weight.fill_(1.0)
+        inputs = _inputs(arch, pad=5)
+        batch = forward_logits(model, inputs)
+        alone = forward_logits(model, _row(inputs, 1, int(inputs["attention_mask"][1].sum())))
+    torch.testing.assert_close(alone[0], batch[1], rtol=1e-5, atol=1e-6)

@@ -73,12 +73,25 @@ class HeadInputs:
         self._active = getattr(model, "active_adapter", None) if copies is not None else None
         self._targets = [*copies.values(), self.head.base_layer] if copies is not None else [self.head]
         self._handles = [t.register_forward_pre_hook(self._remember) for t in self._targets]
+        # A head that runs on every token (decoder classifiers) is read at the token the model classifies, found
+        # from the call's input ids as the model finds it.
+        self._pad_token_id = _pad_token_id(base)
+        self._input_ids: Optional[torch.Tensor] = None
+        self._handles.append(base.register_forward_pre_hook(self._remember_inputs, with_kwargs=True))
         self._replicated = False
+
+    def _remember_inputs(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._input_ids = ids if isinstance(ids, torch.Tensor) and not ids.is_floating_point() else None
 
     def _remember(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         # nn.DataParallel runs shallow copies of the model, which share the hooks: the hook then sees a copy.
         self._replicated = self._replicated or not any(module is target for target in self._targets)
-        self._latest = args[0]
+        z = args[0]
+        if z.dim() == 3:  # [B, T, D]: one head input per token; the model classifies one of them
+            rows = torch.arange(z.shape[0], device=z.device)
+            z = z[rows, classified_token(self._input_ids, self._pad_token_id, z.shape[1]).to(z.device)]
+        self._latest = z
 
     @property
     def latest(self) -> torch.Tensor:
@@ -125,6 +138,22 @@ class HeadInputs:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def classified_token(input_ids: Optional[torch.Tensor], pad_token_id: Optional[int], length: int) -> torch.Tensor:
+    """The position a sequence classifier with a per-token head classifies, per example: the rightmost token that
+    is not padding (what transformers' decoder classifiers pick, left or right padding alike), or the last position
+    when there is no pad token or no input ids."""
+    if input_ids is None or pad_token_id is None or input_ids.shape[-1] != length:
+        return torch.full((1,), length - 1, dtype=torch.long)
+    real = (input_ids != pad_token_id).to(torch.int64)
+    return (torch.arange(length, device=input_ids.device) * real).argmax(-1)
+
+
+def _pad_token_id(model: nn.Module) -> Optional[int]:
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "pad_token_id", None)
 
 
 def logits_of(output: Any) -> torch.Tensor:
