@@ -121,3 +121,25 @@ def test_loading_onto_another_base_names_the_mismatch(change: dict, message: str
     other = BertForSequenceClassification(BertConfig(**config))
     with pytest.raises(ValueError, match=message):
         PeftModel.from_pretrained(other, tmp_path)
+
+
+def test_a_pooling_that_does_not_fit_the_source_is_refused_at_creation() -> None:
+    with pytest.raises(ValueError, match=r"pooling='cls' does not fit ResNet.*outputs \(2, 192, 10, 10\); use pooling='avg'"):
+        get_peft_model(build("timm-resnet"), SkipCollapseConfig(pooling="cls"))
+    from conformance_models import ARCHS_BY_NAME
+
+    with pytest.raises(ValueError, match=r"pooling='cls' does not fit LlamaForSequenceClassification: the head runs on "
+                                         r"every token.*use pooling='per_token'"):
+        get_peft_model(ARCHS_BY_NAME["llama"].build(), SkipCollapseConfig(pooling="cls"))
+
+
+def test_a_source_dim_that_does_not_match_the_block_is_refused_at_creation() -> None:
+    with pytest.raises(ValueError, match=r"source_dim=7, but 'bert.encoder.layer.2' with pooling='cls' gives 32 "
+                                         r"features \(measured with an example batch\); set source_dim=32"):
+        get_peft_model(build("hf-bert"), SkipCollapseConfig(source_dim=7))
+
+
+def test_a_flatten_adapter_fed_another_input_size_says_to_feed_its_size() -> None:
+    model = get_peft_model(build("timm-resnet"), SkipCollapseConfig(pooling="flatten", source_layer="layer4.0"))
+    with pytest.raises(ValueError, match=r"feed inputs of the size the adapter was created and trained with"):
+        model(torch.randn(1, 3, 64, 64))

@@ -438,3 +438,43 @@ def test_a_modules_to_save_entry_around_the_head_is_left_out_with_a_warning() ->
         model = get_peft_model(build("hf-bert"), config)
     assert "classifier" not in model.peft_config["default"].modules_to_save
     assert config.modules_to_save == ["classifier"]  # the user's config object is left as it was
+
+
+class _InFloat32(nn.Module):
+    """A module evaluated in float32, its output rounded to `dtype`: what the adapter's float32 copies compute."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module, self.dtype = copy.deepcopy(module).float(), dtype
+
+    def forward(self, *args, **kwargs):
+        from skipcollapse.adapter.layer import _cast
+
+        return _cast(self.module(*_cast(args, torch.float32), **_cast(kwargs, torch.float32)), self.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("family", ["hf-resnet", "hf-bert"])
+def test_half_precision_base_at_init_is_the_base_with_block_l_in_float32(family: str, dtype: torch.dtype) -> None:
+    """What holds at init on a bf16/fp16 base, exactly: peft keeps adapter weights in float32, so the block copy and
+    the head copy run in float32; the adapted model then equals the base with block ℓ evaluated in float32 (rounded
+    back to the base's dtype) and the head in float32. With autocast_adapter_dtype=False (the copies in the base's
+    dtype) it equals the base itself."""
+    inputs = make_inputs(family)
+    half = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    base = build(family).to(dtype).eval()
+    with torch.no_grad():
+        expected = logits_of(base, half)
+    source = get_peft_model(build(family).to(dtype), SkipCollapseConfig()).peft_config["default"].source_layer
+    reference = build(family).to(dtype).eval()
+    head = skipcollapse.discover(reference).head
+    for name, out_dtype in ((source, dtype), (head, torch.float32)):
+        parent, _, child = name.rpartition(".")
+        owner = reference.get_submodule(parent) if parent else reference
+        setattr(owner, child, _InFloat32(reference.get_submodule(name), out_dtype))
+    with torch.no_grad():
+        float32_block = logits_of(reference, half)
+        adapted = get_peft_model(build(family).to(dtype), SkipCollapseConfig()).eval()
+        torch.testing.assert_close(logits_of(adapted, half), float32_block, rtol=0, atol=0)
+        same_dtype = get_peft_model(build(family).to(dtype), SkipCollapseConfig(), autocast_adapter_dtype=False).eval()
+        torch.testing.assert_close(logits_of(same_dtype, half), expected, rtol=0, atol=0)

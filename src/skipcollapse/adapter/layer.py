@@ -487,8 +487,10 @@ class SkipHeadLayer(SkipCollapseLayer):
         proj = self.skipcollapse_proj[adapter]
         if isinstance(proj, nn.Linear) and pooled.shape[-1] != proj.in_features:
             raise ValueError(
-                f"the source block's pooled output has {pooled.shape[-1]} features but adapter {adapter!r} was built "
-                f"for source_dim={proj.in_features}; create the adapter with source_dim={pooled.shape[-1]} (or unset)"
+                f"the source block's pooled output has {pooled.shape[-1]} features in this call, but adapter "
+                f"{adapter!r} was created for {proj.in_features} (measured on inputs of the size the model declared). "
+                "The pooled width follows the input size (pooling='flatten' does): feed inputs of the size the "
+                "adapter was created and trained with"
             )
         skip = proj(_cast(pooled, _dtype_of(proj)))
         return skip if self.fusion[adapter] == "replace" else self.skipcollapse_gate[adapter](skip)

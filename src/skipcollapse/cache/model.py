@@ -101,7 +101,7 @@ CACHED_SUFFIX_FAMILIES = tuple(HEAD_INPUTS)
 def suffix_runner(base: nn.Module, source_layer: str) -> SuffixRunner:
     """How to run `base` from block ℓ's output to its head's input h_L, for the families that have one.
 
-    The prefix is skipped, so the model's own forward cannot be used: the blocks after ℓ run in the family table's
+    The prefix is skipped, so the model's own forward cannot be used: the blocks after ℓ run in the discovered blocks'
     order, then the model class's ``head_input`` (`cache/suffix.py`).
     """
     arch = discover(base)
