@@ -14,12 +14,14 @@ applied inside block ℓ's wrapper would run its backward with freed weights (a 
 How the skip travels. The source and the head are far apart in the model and the model's own forward code sits
 between them, so the skip cannot be an argument. It lives in a `CallScope`, created for one forward call of the
 model by a forward pre-hook on the model root (`open_scope`) and dropped by a forward hook that runs even when
-the forward fails (`close_scope`). The hooks receive the module being called, so each `nn.DataParallel` replica
-(a shallow copy with its own module objects) gets its own scope, and replicas running in threads never see each
-other's skip. Nothing outlives the call: no exception jumps out of the model, no `forward` is patched, and the
-scope is plain Python state that `torch.compile(fullgraph=True)` traces. (peft's `_enable_peft_forward_hooks`
-registers hooks per call instead; hook registries are shared between DataParallel replicas and cannot be
-registered inside a compiled graph, so a scope opened by hooks registered once is the simpler fit.)
+the forward fails (`close_scope`). Open scopes are kept per thread (a thread-local stack), and each scope serves the
+layers of the module object being called: several threads calling one model object at once (an inference server's
+pool, one thread training while another evaluates) each get their own scope, and each `nn.DataParallel` replica (a
+shallow copy with its own module objects, run in its own thread) finds its own layers. Nothing outlives the call: no
+exception jumps out of the model, no `forward` is patched, and `torch.compile(fullgraph=True)` traces the scope as
+plain Python state. (peft's `_enable_peft_forward_hooks` registers hooks per call instead; hook registries are
+shared between DataParallel replicas and cannot be registered inside a compiled graph, so a scope opened by hooks
+registered once is the simpler fit.)
 
 The head-input features z are not kept anywhere: `skipcollapse.collapse.HeadInputs` captures them for metrics
 and losses that ask, with a forward pre-hook on the head copy.
