@@ -34,7 +34,7 @@ class NeuralCollapseCallback(TrainerCallback):
             training data is what Li et al. tie to transfer.
         num_classes: K; read from the model's config (`num_labels`) or head when not given.
         head_module: the head's name in the base model, for architectures not discovered automatically.
-        nc4: also measure NC4, which needs a second pass over the stored features of this process.
+        nc4: also measure NC4, which needs a second pass over the data (the loader is read again; nothing is stored).
     """
 
     def __init__(

@@ -13,7 +13,7 @@ summed over processes when `average_tokens_across_devices`), it neither divides 
 steps nor averages it over processes by itself. The cross-entropy is then a sum over `num_items_in_batch`, and the
 penalty of each micro-batch is weighted by its share of the items, so that the optimised objective is the mean CE
 over the window plus λ times the item-weighted mean of the micro-batch penalties, on one process or many (the
-penalty's statistics are all-reduced with autograd, see `skipcollapse.loss`). The logged parts are weighted the same
+penalty's statistics are all-reduced with autograd, see `skipcollapse.collapse.loss`). The logged parts are weighted the same
 way (by each micro-batch's labelled items) and averaged over processes, like the Trainer's own `loss`.
 """
 

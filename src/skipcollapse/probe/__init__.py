@@ -8,13 +8,14 @@ training, at two levels:
   with a forward hook on each block, accumulated in one streaming `CollapseMetrics` per block. The report
   recommends the block to fine-tune with SCL-FT (`RECOMMENDATION_RULE`).
 * `rank_backbones`: NC1 of the features each backbone's head sees, next to the H-score and LogME of the same
-  features (`skipcollapse.transferability`), ranked; `rank_correlation`/`score_correlations` say which score
+  features (`skipcollapse.collapse.transferability`), ranked; `rank_correlation`/`score_correlations` say which score
   tracks the transfer accuracies you measured.
 
-Blocks are pooled as the adapter would pool them (`skipcollapse.layer.pool`): the CLS token after the
-model's own final norm for ViT-style encoders, the global average for CNN maps (whose width changes per
-stage: one metric per block, so that is fine). Under ``torch.distributed`` each process probes its shard of a
-dataset (`skipcollapse.features.shard_loader`) and the statistics are summed across processes, so every
+Blocks are pooled as the adapter would pool them (`skipcollapse.adapter.layer.pool`), the way the model pools its
+last block (measured, `skipcollapse.adapter.measure.classified_pooling`): the CLS token (after the model's own final
+norm where its width fits) for ViT/BERT-style encoders, a mean over tokens, the last token for decoders, the global
+average for CNN maps (whose width changes per stage: one metric per block, so that is fine). Under ``torch.distributed`` each process probes its shard of a
+dataset (`skipcollapse.collapse.features.shard_loader`) and the statistics are summed across processes, so every
 process gets the same report.
 """
 from .layers import probe_layers

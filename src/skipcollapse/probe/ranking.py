@@ -34,7 +34,7 @@ def score_backbone(
 ) -> dict[str, Any]:
     """NC1, CDNV, H-score and LogME of the features ``model``'s classifier head sees, on labelled data.
 
-    The head input is captured with `skipcollapse.features.HeadInputs` (a pre-hook on the head, or the fused
+    The head input is captured with `skipcollapse.collapse.features.HeadInputs` (a pre-hook on the head, or the fused
     features of a SkipCollapse adapter): exactly what a linear probe would be trained on. Keeps those features
     on the CPU for the H-score and LogME (N × width × 4 bytes). Collective under ``torch.distributed``.
     """
