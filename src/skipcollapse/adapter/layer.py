@@ -45,6 +45,8 @@ import torch.utils._pytree as pytree
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .._torch_utils import device_of, dtype_of
+
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 NO_MERGE = (
@@ -247,10 +249,6 @@ def pool(
     return hidden.flatten(1)
 
 
-def _dtype_of(module: nn.Module) -> Optional[torch.dtype]:
-    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
-
-
 def _cast(value: Any, dtype: Optional[torch.dtype]) -> Any:
     """Floating tensors in `value` (a tensor, tuple, list or dict of them) cast to `dtype`; the rest as is."""
     if dtype is None:
@@ -350,8 +348,8 @@ class SkipSourceLayer(SkipCollapseLayer):
             return self.base_layer(*args, **kwargs)
         if adapter in self.skipcollapse_block:
             block = self.skipcollapse_block[adapter]
-            base_dtype = _dtype_of(self.base_layer)
-            output = _cast(block(*_cast(args, _dtype_of(block)), **_cast(kwargs, _dtype_of(block))), base_dtype)
+            base_dtype = dtype_of(self.base_layer)
+            output = _cast(block(*_cast(args, dtype_of(block)), **_cast(kwargs, dtype_of(block))), base_dtype)
         else:
             output = self.base_layer(*args, **kwargs)
         if scope is None:
@@ -443,7 +441,7 @@ class SkipHeadLayer(SkipCollapseLayer):
             self.skipcollapse_proj[adapter_name] = _linear_like(source_dim, skip_dim, base)
         if fusion != "replace":
             # g = 0: at initialisation the skip adds nothing and the adapted model computes the base model exactly.
-            self.skipcollapse_gate[adapter_name] = SkipGate(device=_device_of(base))
+            self.skipcollapse_gate[adapter_name] = SkipGate(device=device_of(base))
         if fusion == "concat":
             head = _linear_like(base.in_features + skip_dim, base.out_features, base, bias=base.bias is not None)
             with torch.no_grad():
@@ -478,7 +476,7 @@ class SkipHeadLayer(SkipCollapseLayer):
             z = torch.cat([x, skip.to(x.dtype)], dim=-1)
         else:
             z = x + skip.to(x.dtype)
-        return head(_cast(z, _dtype_of(head)))
+        return head(_cast(z, dtype_of(head)))
 
     def _skip(self, adapter: str, pooled: torch.Tensor, root: nn.Module) -> torch.Tensor:
         """g·P(norm(s)) for add/concat fusion, P(norm(s)) for replace."""
@@ -494,7 +492,7 @@ class SkipHeadLayer(SkipCollapseLayer):
                 "The pooled width follows the input size (pooling='flatten' does): feed inputs of the size the "
                 "adapter was created and trained with"
             )
-        skip = proj(_cast(pooled, _dtype_of(proj)))
+        skip = proj(_cast(pooled, dtype_of(proj)))
         return skip if self.fusion[adapter] == "replace" else self.skipcollapse_gate[adapter](skip)
 
 
@@ -516,15 +514,9 @@ def _base(module: nn.Module) -> nn.Module:
     return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _linear_like(in_features: int, out_features: int, reference: nn.Module, bias: bool = True) -> nn.Linear:
-    dtype = _dtype_of(reference) or torch.float32
-    return nn.Linear(in_features, out_features, bias=bias, device=_device_of(reference), dtype=dtype)
+    dtype = dtype_of(reference, torch.float32)
+    return nn.Linear(in_features, out_features, bias=bias, device=device_of(reference), dtype=dtype)
 
 
 def _freeze_all_but_norms_and_biases(block: nn.Module) -> None:

@@ -23,6 +23,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from .._torch_utils import device_of, dtype_of
 from .architectures import infer_output_width, is_timm_model
 from .layer import OutputTemplate, first_tensor, output_template
 
@@ -43,8 +44,8 @@ def example_inputs(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
     when the model says nothing about its inputs."""
     config = getattr(model, "config", None)
     name = getattr(model, "main_input_name", None)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    device = device_of(model)
+    dtype = dtype_of(model, torch.float32)
     generator = torch.Generator().manual_seed(0)
     if name == "input_ids" and config is not None:
         vocab = int(getattr(config, "vocab_size", 0) or 0)

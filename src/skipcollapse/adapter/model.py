@@ -20,6 +20,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .._torch_utils import dtype_of
 from .architectures import Architecture, candidates_message, discover, infer_output_width, norm_width
 from .batchnorm import frozen_batchnorms
 from .config import SkipCollapseConfig
@@ -152,7 +153,7 @@ class SkipCollapseModel(BaseTuner):
         for layer in self.model.modules():
             if isinstance(layer, SkipSourceLayer) and adapter_name in layer.skipcollapse_block:
                 block = layer.skipcollapse_block[adapter_name]
-                dtype = next((p.dtype for p in block.parameters() if p.is_floating_point()), None)
+                dtype = dtype_of(block)
                 for module in block.modules():
                     for name, buffer in module.named_buffers(recurse=False):
                         if dtype is not None and buffer.is_floating_point() and buffer.dtype != dtype:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..adapter.layer import _device_of
+from .._torch_utils import device_of
 from .key import (
     _adapter_parts,
     _class_name,
@@ -125,7 +125,7 @@ def _build(
     if collate_fn is None:
         collate_fn = _default_collate_for(dataset[0])
     loader = DataLoader(checked, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
-    device = _device_of(base)
+    device = device_of(base)
     store = _Store(length, target)
     captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 

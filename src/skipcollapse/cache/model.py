@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .._torch_utils import device_of
 from ..adapter.architectures import discover
-from ..adapter.layer import _device_of
 from .suffix import HEAD_INPUTS, SuffixRunner, blocks_then_head_input, head_input_of
 from ..integrations.timm import TimmImageClassifier
 from .key import _adapter_parts
@@ -56,7 +56,7 @@ class CachedSkipModel(nn.Module):
             )
         source = base.get_submodule(config.source_layer)
         head = base.get_submodule(config.head_module)
-        args, kwargs = self.cache.inputs(cache_index.cpu(), device=_device_of(base))
+        args, kwargs = self.cache.inputs(cache_index.cpu(), device=device_of(base))
         # this call's scope, as the model's own forward hooks would open it
         with self.peft_model.base_model.call_scope(base) as scope:
             output = source(*args, **kwargs)

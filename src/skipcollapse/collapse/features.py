@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._torch_utils import device_of
 from ..adapter.architectures import candidates_message, discover
 
 
@@ -179,7 +180,7 @@ def iterate_features(
     The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
-    device = next(model.parameters()).device
+    device = device_of(model)
     model.eval()
     try:
         for batch in batches:

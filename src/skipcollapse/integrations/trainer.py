@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from .._torch_utils import device_of
 from ..collapse.distributed import is_distributed
 from ..collapse.features import HeadInputs, logits_of
 from ..collapse.geometric_complexity import gc_from_outputs
@@ -102,7 +103,7 @@ class CollapseLossFunc:
         if not (self._parts or distributed):
             return {}
         recorded = next(iter(self._parts.values()))[0] if self._parts else None
-        device = recorded.device if recorded is not None else next(self.capture.head.parameters()).device
+        device = recorded.device if recorded is not None else device_of(self.capture.head)
         totals = torch.zeros(len(LOGGED_PARTS), 2, device=device)  # per part: (item-weighted sum, items)
         for row, name in enumerate(LOGGED_PARTS):
             if name in self._parts:

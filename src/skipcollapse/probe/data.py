@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from .._torch_utils import device_of
 from ..collapse.distributed import is_distributed, world
 from ..collapse.features import model_inputs, shard_loader
 from ..collapse.metrics import CollapseMetrics
@@ -75,7 +76,7 @@ def _batches(
     The caller reads whatever its hooks captured during that forward. Train mode is restored at the end.
     """
     loader, cap = _make_loader(data, batch_size, collate_fn, max_examples, seed)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     rank, _ = world()
     total = len(loader) if hasattr(loader, "__len__") else None
     seen = 0

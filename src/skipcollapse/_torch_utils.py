@@ -1,0 +1,23 @@
+"""Small torch helpers shared by the adapter, the cache, the collapse tools and the probe: where a module lives and
+its dtype.
+
+It imports nothing but torch, so that any part of the package (the prefix cache included) can use it without
+pulling in another part's dependencies.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of `module`'s first parameter; the CPU for a module without parameters."""
+    for parameter in module.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def dtype_of(module: nn.Module, default: torch.dtype | None = None) -> torch.dtype | None:
+    """The dtype of `module`'s first floating-point parameter; `default` when it has none."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), default)
