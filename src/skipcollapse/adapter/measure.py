@@ -23,7 +23,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from .._torch_utils import device_of, dtype_of
+from .._torch_utils import device_of, dtype_of, eval_mode
 from .architectures import infer_output_width, is_timm_model
 from .layer import OutputTemplate, first_tensor, output_template
 
@@ -129,7 +129,7 @@ def measure(
         (head, "pre", on_head),
         *[(name, "forward", on_watched(name)) for name in watched],
     ]
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             with _hooked(model, hooks):
                 call_with(model, inputs)
@@ -193,17 +193,6 @@ def channels_last(hidden: torch.Tensor, block: nn.Module, model: nn.Module) -> b
         return last
     inner = getattr(model, "timm_model", model)
     return str(getattr(inner, "output_fmt", "NCHW")) == "NHWC"
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .._torch_utils import device_of
+from .._torch_utils import device_of, eval_mode
 from .key import (
     _adapter_parts,
     _class_name,
@@ -142,7 +142,7 @@ def _build(
     handle = source.register_forward_pre_hook(capture, with_kwargs=True)
     prefix_modules: list[str] = []
     try:
-        with _all_eval(peft_model), torch.no_grad():
+        with eval_mode(peft_model), torch.no_grad():
             for number, batch in enumerate(batches):
                 inputs, labels = _split_batch(batch)
                 captured.clear()
@@ -200,18 +200,6 @@ def _call(model: nn.Module, inputs: Any, device: torch.device) -> Any:
     if isinstance(inputs, Mapping):
         return model(**{k: move(v) for k, v in inputs.items()})
     return model(*(move(v) for v in inputs))
-
-
-@contextlib.contextmanager
-def _all_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode for every module during the build, then each module's own mode back."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 @contextlib.contextmanager

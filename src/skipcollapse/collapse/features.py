@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .._torch_utils import device_of
+from .._torch_utils import device_of, eval_mode
 from ..adapter.architectures import candidates_message, discover
 
 
@@ -177,17 +177,13 @@ def iterate_features(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (features z, logits, labels) per batch of `{..., "labels"}` dicts, in eval mode and without grad.
 
-    The model's train/eval mode is restored afterwards.
+    Every module's train/eval mode is restored afterwards (`skipcollapse._torch_utils.eval_mode`).
     """
-    was_training = model.training
     device = device_of(model)
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in batches:
             logits = logits_of(model(**model_inputs(batch, device)))
             yield capture.latest.detach(), logits.detach(), batch["labels"].to(device)
-    finally:
-        model.train(was_training)
 
 
 def shard_loader(dataset: Dataset, batch_size: int, collate_fn: Any, rank: int = 0, world_size: int = 1) -> DataLoader:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .._torch_utils import device_of
+from .._torch_utils import device_of, eval_mode
 from ..collapse.distributed import is_distributed, world
 from ..collapse.features import model_inputs, shard_loader
 from ..collapse.metrics import CollapseMetrics
@@ -73,16 +73,15 @@ def _batches(
 ) -> Iterable[tuple[Any, torch.Tensor]]:
     """Yield (inputs, labels) after running ``model`` on them once, in eval mode under no_grad.
 
-    The caller reads whatever its hooks captured during that forward. Train mode is restored at the end.
+    The caller reads whatever its hooks captured during that forward. Every module's own train/eval mode is
+    restored at the end.
     """
     loader, cap = _make_loader(data, batch_size, collate_fn, max_examples, seed)
     device = device_of(model)
     rank, _ = world()
     total = len(loader) if hasattr(loader, "__len__") else None
     seen = 0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in tqdm(loader, desc=desc, total=total, disable=not progress or rank != 0, leave=False):
             inputs, labels = _split_batch(batch, device)
             if cap is not None:
@@ -97,8 +96,6 @@ def _batches(
                 else:
                     model(inputs)
             yield inputs, labels.to(device)
-    finally:
-        model.train(was_training)
 
 
 def _gather(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
