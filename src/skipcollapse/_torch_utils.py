@@ -1,5 +1,5 @@
 """Small torch helpers shared by the adapter, the cache, the collapse tools and the probe: where a module lives, its
-dtype, and eval mode for a read-only pass.
+dtype, eval mode for a read-only pass, and how a collated batch splits into model inputs and labels.
 
 It imports nothing but torch, so that any part of the package (the prefix cache included) can use it without
 pulling in another part's dependencies.
@@ -8,10 +8,13 @@ pulling in another part's dependencies.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+LABEL_KEYS = ("labels", "label")  # what a dict batch calls its labels: the Trainer's name, then `datasets`' usual one
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -40,3 +43,31 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def split_batch(batch: Any, device: torch.device | None = None) -> tuple[Any, torch.Tensor]:
+    """(model inputs, labels) of a collated batch, the one rule for every reader of labelled data:
+
+    - a dict (any mapping) with ``"labels"``, or else ``"label"`` (as `datasets` columns are often named): the
+      inputs are the dict without that key, passed to the model as keyword arguments;
+    - an ``(inputs, labels)`` pair (tuple or list of two): the inputs are its first item, the model's one
+      positional argument.
+
+    Anything else raises a TypeError (a dict without labels a ValueError). With `device`, the tensors among the
+    inputs are moved there; the labels are returned as a tensor where they were.
+    """
+    move = (lambda v: v.to(device) if isinstance(v, torch.Tensor) else v) if device is not None else (lambda v: v)
+    if isinstance(batch, Mapping):
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        if key is None:
+            raise ValueError(f"a dict batch must carry its labels under 'labels' or 'label'; got keys {sorted(batch)}")
+        return {k: move(v) for k, v in batch.items() if k != key}, torch.as_tensor(batch[key])
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return move(batch[0]), torch.as_tensor(batch[1])
+    what = type(batch).__name__
+    if isinstance(batch, (tuple, list)):
+        what = f"a {what} of {len(batch)} items"
+    raise TypeError(
+        f"batches must be dicts with 'labels' (or 'label') or (inputs, labels) pairs, got {what}; pass several model "
+        "inputs as a dict of keyword arguments"
+    )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .._torch_utils import device_of, eval_mode
+from .._torch_utils import device_of, eval_mode, split_batch
 from .key import (
     _adapter_parts,
     _class_name,
@@ -44,8 +44,9 @@ def build_prefix_cache(
 
     Args:
         peft_model: a PeftModel with an active SkipCollapse adapter; its `source_layer` is block ℓ.
-        dataset: map-style, fixed examples (no random augmentation): dicts of model inputs with ``labels``
-            (as the Trainer consumes them), or ``(inputs..., label)`` tuples.
+        dataset: map-style, fixed examples (no random augmentation): dicts of model inputs with ``labels`` (as the
+            Trainer consumes them) or ``label``, or ``(inputs, label)`` pairs (the rule of
+            `skipcollapse._torch_utils.split_batch`).
         batch_size: examples per prefix forward pass (memory only; it does not change what is stored).
         collate_fn: how items become a batch; default: transformers' `default_data_collator` for dict items,
             torch's `default_collate` otherwise. Sequences must come out padded to one fixed length.
@@ -144,7 +145,7 @@ def _build(
     try:
         with eval_mode(peft_model), torch.no_grad():
             for number, batch in enumerate(batches):
-                inputs, labels = _split_batch(batch)
+                inputs, labels = split_batch(batch, device)
                 captured.clear()
                 recorder = (
                     _record_calls(base, source, prefix_modules, until=lambda: bool(captured))
@@ -152,7 +153,7 @@ def _build(
                     else contextlib.nullcontext()
                 )
                 with recorder:
-                    _call(base, inputs, device)
+                    _call(base, inputs)
                 if not captured:
                     raise RuntimeError(
                         f"the model's forward finished without calling {config.source_layer!r}; the cache needs a "
@@ -183,23 +184,9 @@ def _default_collate_for(item: Any) -> Callable[[list[Any]], Any]:
     return torch.utils.data.default_collate
 
 
-def _split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
-    """(model inputs, labels) of a collated batch: a dict with 'labels'/'label', or (inputs..., labels)."""
-    if isinstance(batch, Mapping):
-        key = "labels" if "labels" in batch else "label" if "label" in batch else None
-        if key is None:
-            raise ValueError(f"the dataset's items carry no 'labels' (keys: {sorted(batch)}); the cache stores labels")
-        return {k: v for k, v in batch.items() if k != key}, batch[key]
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return tuple(batch[:-1]), batch[-1]
-    raise TypeError(f"cannot find inputs and labels in a batch of type {type(batch).__name__}")
-
-
-def _call(model: nn.Module, inputs: Any, device: torch.device) -> Any:
-    move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
-    if isinstance(inputs, Mapping):
-        return model(**{k: move(v) for k, v in inputs.items()})
-    return model(*(move(v) for v in inputs))
+def _call(model: nn.Module, inputs: Any) -> Any:
+    """`model` on the inputs `split_batch` returns: a dict as keyword arguments, anything else as the one argument."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
 @contextlib.contextmanager

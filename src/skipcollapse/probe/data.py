@@ -4,7 +4,7 @@ labels, features gathered across processes for the non-additive scores."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -13,9 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .._torch_utils import device_of, eval_mode
+from .._torch_utils import device_of, eval_mode, split_batch
 from ..collapse.distributed import is_distributed, world
-from ..collapse.features import model_inputs, shard_loader
+from ..collapse.features import shard_loader
 from ..collapse.metrics import CollapseMetrics
 from ..collapse.transferability import h_score, logme
 from .report import METRIC_KEYS as _METRIC_KEYS
@@ -48,17 +48,6 @@ def _make_loader(
     return shard_loader(data, batch_size, collate_fn, rank, world_size), None
 
 
-def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
-    """(model inputs on `device`, labels) of a ``{..., "labels"}`` dict or an ``(inputs, labels)`` pair."""
-    if isinstance(batch, Mapping):
-        if "labels" not in batch:
-            raise ValueError(f"batches must carry 'labels'; got keys {sorted(batch)}")
-        return model_inputs(dict(batch), device), torch.as_tensor(batch["labels"])
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0].to(device), torch.as_tensor(batch[1])
-    raise TypeError(f"batches must be dicts with 'labels' or (inputs, labels) pairs, got {type(batch).__name__}")
-
-
 def _truncate(inputs: Any, labels: torch.Tensor, keep: int) -> tuple[Any, torch.Tensor]:
     def cut(value: Any) -> Any:
         return value[:keep] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
@@ -83,7 +72,7 @@ def _batches(
     seen = 0
     with eval_mode(model):
         for batch in tqdm(loader, desc=desc, total=total, disable=not progress or rank != 0, leave=False):
-            inputs, labels = _split_batch(batch, device)
+            inputs, labels = split_batch(batch, device)
             if cap is not None:
                 if seen >= cap:
                     break

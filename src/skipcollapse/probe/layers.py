@@ -60,9 +60,10 @@ def probe_layers(
     Args:
         model: a classifier of a family `discover` knows (or any module, with ``layers`` given), plain, in a
             `PeftModel` (e.g. with a SkipCollapse adapter: the adapted blocks are probed) or DDP-wrapped.
-        dataset_or_loader: map-style data of ``{..., "labels"}`` dicts or ``(inputs, labels)`` pairs (batched
-            here, sharded over processes under ``torch.distributed``), or an iterable of such batches, used as
-            given. Batches are passed to the model as keyword arguments (dicts) or positionally.
+        dataset_or_loader: map-style data of ``{..., "labels"}`` (or ``"label"``) dicts or ``(inputs, labels)``
+            pairs (batched here, sharded over processes under ``torch.distributed``), or an iterable of such
+            batches, used as given. Batches are passed to the model as keyword arguments (dicts) or positionally
+            (`skipcollapse._torch_utils.split_batch`).
         num_classes: K; labels lie in [0, K).
         batch_size, collate_fn: how a dataset is batched (``collate_fn`` as for a `DataLoader`).
         layers: module names to probe instead of the discovered blocks (names of the base model).
