@@ -1,13 +1,18 @@
-"""The small shared helpers of `skipcollapse._torch_utils`: one rule each, used by the cache, the probe, the collapse
-tools and the adapter (issue 18)."""
+"""The helpers issue 18 made one of each: `skipcollapse._torch_utils` (used by the cache, the probe, the collapse tools
+and the adapter) and the default source block (used by the adapter and the comparison's methods)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from peft import get_peft_model
+from tiny_models import build
 from torch import nn
 
+from skipcollapse import SkipCollapseConfig, discover
 from skipcollapse._torch_utils import device_of, dtype_of, eval_mode, split_batch
+from skipcollapse.adapter.architectures import default_source_block
+from skipcollapse.zoo.methods import prepare
 
 
 def test_split_batch_dicts_with_labels_or_label() -> None:
@@ -63,3 +68,15 @@ def test_eval_mode_restores_every_module_own_mode() -> None:
     with pytest.raises(RuntimeError), eval_mode(model):
         raise RuntimeError("restored on errors too")
     assert [m.training for m in model.modules()] == [True, True, False, True]
+
+
+def test_the_adapter_and_layer_ft_default_to_the_same_middle_block() -> None:
+    assert default_source_block(["a", "b", "c", "d"]) == "c" and default_source_block(["a"]) == "a"
+    blocks = discover(build("timm-resnet")).blocks
+    want = default_source_block(blocks)
+    adapted = get_peft_model(build("timm-resnet"), SkipCollapseConfig())
+    assert adapted.peft_config["default"].source_layer == want
+    layer_ft = prepare(build("timm-resnet"), "layer-ft")
+    trained = {name for name, p in layer_ft.named_parameters() if p.requires_grad}
+    assert any(name.startswith(want + ".") for name in trained)
+    assert not any(name.startswith(b + ".") for b in blocks if b != want for name in trained)

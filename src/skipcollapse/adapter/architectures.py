@@ -114,6 +114,11 @@ def block_names(model: nn.Module) -> list[str]:
     return arch.blocks if arch else []
 
 
+def default_source_block(blocks: list[str]) -> str:
+    """The block SCL-FT fine-tunes when no `source_layer` is given: the middle one, ``blocks[len(blocks) // 2]``."""
+    return blocks[len(blocks) // 2]
+
+
 def is_timm_model(model: nn.Module) -> bool:
     return type(model).__module__.startswith("timm.") and hasattr(model, "group_matcher")
 

@@ -21,7 +21,14 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .._torch_utils import dtype_of
-from .architectures import Architecture, candidates_message, discover, infer_output_width, norm_width
+from .architectures import (
+    Architecture,
+    candidates_message,
+    default_source_block,
+    discover,
+    infer_output_width,
+    norm_width,
+)
 from .batchnorm import frozen_batchnorms
 from .config import SkipCollapseConfig
 from .layer import (
@@ -519,7 +526,7 @@ def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Modul
 
 def _resolve_source(source: Optional[str | int], model: nn.Module, blocks: list[str]) -> str:
     if source is None:
-        return blocks[len(blocks) // 2]
+        return default_source_block(blocks)
     if isinstance(source, int):
         if not -len(blocks) <= source < len(blocks):
             raise ValueError(

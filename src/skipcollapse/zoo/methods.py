@@ -18,7 +18,7 @@ from typing import Optional
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from ..adapter.architectures import discover
+from ..adapter.architectures import default_source_block, discover
 from ..adapter.batchnorm import keep_frozen_batchnorm_in_eval
 from ..adapter.config import SkipCollapseConfig
 
@@ -66,5 +66,5 @@ def _lora_compatible(module: nn.Module) -> bool:
 
 def _block_name(blocks: list[str], source_layer: Optional[str | int]) -> str:
     if source_layer is None:
-        return blocks[len(blocks) // 2]
+        return default_source_block(blocks)
     return blocks[source_layer] if isinstance(source_layer, int) else source_layer
