@@ -32,6 +32,22 @@ class SkipCollapseConfig(PeftConfig):
     block, fine-tunes it in full, adds its features to the head input through a gate that starts at zero (the
     adapted model starts out computing exactly what the base model computes; in bf16/fp16 exactly with
     ``autocast_adapter_dtype=False``, see the README), and trains the head.
+
+    >>> import torch
+    >>> from peft import get_peft_model
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> from skipcollapse import SkipCollapseConfig
+    >>> base = BertForSequenceClassification(BertConfig(
+    ...     vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+    ...     num_labels=3)).eval()
+    >>> ids = torch.tensor([[5, 6, 7, 8]])
+    >>> expected = base(input_ids=ids).logits
+    >>> model = get_peft_model(base, SkipCollapseConfig())
+    >>> resolved = model.peft_config["default"]
+    >>> resolved.source_layer, resolved.pooling, resolved.source_dim
+    ('bert.encoder.layer.2', 'cls', 16)
+    >>> torch.equal(model(input_ids=ids).logits, expected)  # the gate starts at zero
+    True
     """
 
     source_layer: Optional[Union[str, int]] = field(

@@ -58,6 +58,14 @@ def geometric_complexity(
 ) -> Tensor:
     """Mean over the batch of ``‖∂fn(x)/∂x‖²_F``, estimated with random projections or exactly.
 
+    Example: the Jacobian of a linear map is its weight, whatever the input.
+
+    >>> import torch
+    >>> from skipcollapse import geometric_complexity
+    >>> weight = torch.tensor([[1.0, 2.0], [0.0, 3.0]])
+    >>> geometric_complexity(lambda x: x @ weight.T, torch.randn(5, 2), exact=True).item()  # 1 + 4 + 9
+    14.0
+
     Args:
         fn: maps a batch ``[B, ...]`` to outputs ``[B, ...]`` per sample (see the module docstring
             for why it must not mix samples). Output dimensions beyond the first are flattened.

@@ -91,6 +91,17 @@ def collapse_penalty(
 ) -> Tensor:
     r"""Within-class scatter relative to between-class scatter of a batch, ``tr(Σ_W) / tr(Σ_B)``.
 
+    Example: features that sit on their class means have no within-class scatter.
+
+    >>> import torch
+    >>> from skipcollapse import collapse_penalty
+    >>> means = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> labels = torch.tensor([0, 0, 1, 1])
+    >>> collapse_penalty(means[labels], labels).item()
+    0.0
+    >>> round(collapse_penalty(means[labels] + torch.tensor([0.1, 0.0]).repeat(4, 1) * torch.tensor([[1.0], [-1.0], [1.0], [-1.0]]), labels).item(), 4)
+    0.02
+
     Definitions (only the ``N`` rows whose label is not ``ignore_index``; only the ``K_p`` classes
     present among them; ``μ_k`` the batch mean of class ``k``)::
 
@@ -197,6 +208,13 @@ class CollapseLoss(nn.Module):
     ``features`` are the features the head saw for these ``logits`` (``z`` in the design). With
     ``collapse_lambda == 0`` the result is exactly ``F.cross_entropy`` (the penalty is not computed at all), so
     the loss is a drop-in for plain fine-tuning. Rows labelled ``-100`` are ignored by both terms.
+
+    >>> import torch
+    >>> from skipcollapse import CollapseLoss
+    >>> logits, labels = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1])
+    >>> loss = CollapseLoss(collapse_lambda=0.0)
+    >>> torch.equal(loss(logits, torch.zeros(2, 4), labels), torch.nn.functional.cross_entropy(logits, labels))
+    True
 
     ``labels`` are checked as the penalty and the metrics check them: ``[N]`` class ids of any integer dtype (used
     as int64), each in ``[0, C)`` for ``C`` logit columns or ``-100``; anything else is a ValueError that says what

@@ -80,6 +80,12 @@ def ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
 def h_score(features: Any, labels: Any, *, shrinkage: Shrinkage = "auto") -> float:
     """H-score tr(cov(f)⁻¹ cov(E[f|y])) of features ``[N, d]`` for labels ``[N]`` (higher: more transferable).
 
+    >>> import numpy as np
+    >>> from skipcollapse.collapse.transferability import h_score
+    >>> separable = np.array([[0.0], [0.1], [1.0], [1.1]])
+    >>> h_score(separable, np.array([0, 0, 1, 1]), shrinkage=0) > h_score(separable, np.array([0, 1, 0, 1]), shrinkage=0)
+    True
+
     Covariances are the population (1/N) ones: cov(E[f|y]) = Σ_k (n_k/N)(μ_k − μ)(μ_k − μ)ᵀ.
 
     Args:
