@@ -38,7 +38,10 @@ class means coinciding raises (every metric is undefined then).
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,6 +62,75 @@ def _canonical_device(device: torch.device | str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def _rebased_sq_norms(m: CollapseMetrics, delta: Tensor, n: Tensor) -> Tensor:
+    """Σ_{i∈k} ‖z_i − r'_k‖² from the statistics about r_k (delta = r'_k − r_k, n the counts as float64)."""
+    return m._sq_norms - 2 * (m._sums * delta).sum(dim=1) + n * delta.square().sum(dim=1)
+
+
+def _rebased_sums(m: CollapseMetrics, delta: Tensor, n: Tensor) -> Tensor:
+    """Σ_{i∈k} (z_i − r'_k) from the statistics about r_k."""
+    return m._sums - n[:, None] * delta
+
+
+def _rebased_gram(m: CollapseMetrics, delta: Tensor, n: Tensor) -> Tensor:
+    """Σ_i (z_i − r'_{y_i})(z_i − r'_{y_i})ᵀ from the statistics about r_k."""
+    cross = m._sums.T @ delta
+    return m._gram - cross - cross.T + (delta * n[:, None]).T @ delta
+
+
+@dataclass(frozen=True)
+class _State:
+    """One tensor of `CollapseMetrics`' state. `_STATES` declares them all, once: ``reset``, allocation, ``_copy``,
+    ``merge`` and ``sync`` act on what it lists, so a new statistic is one row there plus its ``update``."""
+
+    name: str
+    """The attribute; None until allocated."""
+    reduce: str
+    """How two metrics' values combine, in ``merge`` and in ``sync``:
+
+    * ``"sum"``: added as they are;
+    * ``"rebase"``: a statistic about the per-class shifts r_k (``_shift``): re-based onto common shifts with
+      `rebase` (exact algebra), then added;
+    * ``"shift"``: the shifts r_k themselves. ``merge`` keeps this metric's and takes the other's for the classes this
+      one has not seen; ``sync`` takes, per class, the count-weighted mean of every process's shift;
+    * ``"frozen"``: set by ``begin_nc4_pass`` from the (synced) statistics and only read after: copies share it,
+      ``merge`` refuses frozen metrics and ``sync`` keeps it as it is (it is global already).
+    """
+    shape: Callable[[int, int], tuple[int, ...]] | None = None
+    """Its shape from (number of classes K, feature width d): it is allocated as zeros of that shape. None for the
+    frozen states, which ``begin_nc4_pass`` computes."""
+    dtype: torch.dtype = _F64
+    """Integer states travel through ``sync`` as float64 (exact below 2^53) and are rounded back."""
+    nc4: bool = False
+    """A second-pass state: allocated by ``begin_nc4_pass`` (None before). The others are allocated as soon as the
+    width and device are known, and are what ``merge`` adds."""
+    rebase: Callable[[CollapseMetrics, Tensor, Tensor], Tensor] | None = None
+    """For ``"rebase"`` states: (metric, delta = r' − r [K, d], counts n [K] as float64) -> the value about r'."""
+
+    def dims(self, num_classes: int, width: int) -> tuple[int, ...]:
+        """The shape of this (allocated) state for K classes and width d."""
+        assert self.shape is not None, f"{self.name} is computed by begin_nc4_pass, not allocated"
+        return self.shape(num_classes, width)
+
+
+_STATES: tuple[_State, ...] = (
+    # first pass: every statistic is of z − r_y, see `CollapseMetrics.reset`
+    _State("_counts", "sum", lambda k, d: (k,), torch.int64),  # n_k
+    _State("_sq_norms", "rebase", lambda k, d: (k,), rebase=_rebased_sq_norms),  # Σ_{i∈k} ‖z_i − r_k‖²
+    _State("_sums", "rebase", lambda k, d: (k, d), rebase=_rebased_sums),  # Σ_{i∈k} (z_i − r_k)
+    _State("_gram", "rebase", lambda k, d: (d, d), rebase=_rebased_gram),  # ZᵀZ of the shifted rows
+    _State("_shift", "shift", lambda k, d: (k, d)),  # r_k (zero until class k is seen)
+    # NC4 second pass: the frozen class means (about their global mean) and the disagreement counts
+    _State("_nc4_classes", "frozen", dtype=torch.int64),  # [K'] indices of the present classes
+    _State("_nc4_shift", "frozen"),  # [d] the global mean the means are taken about
+    _State("_nc4_means", "frozen"),  # [K', d]
+    _State("_nc4_mean_sq", "frozen"),  # [K'] ‖μ_k‖²
+    _State("_nc4_disagree", "sum", lambda k, d: (), torch.int64, nc4=True),  # samples whose NCC ≠ the head
+    _State("_nc4_total", "sum", lambda k, d: (), torch.int64, nc4=True),  # samples of the second pass
+)
+_SUMMED = tuple(state for state in _STATES if state.reduce in ("sum", "rebase"))  # what sync all_reduces, in order
 
 
 class CollapseMetrics:
@@ -110,6 +182,20 @@ class CollapseMetrics:
         process_group: the group to synchronise over (default: the world).
     """
 
+    # The state tensors of `_STATES` (None until allocated), annotated for type checkers; an import-time check below
+    # keeps the two lists equal.
+    _counts: Tensor | None
+    _sq_norms: Tensor | None
+    _sums: Tensor | None
+    _gram: Tensor | None
+    _shift: Tensor | None
+    _nc4_classes: Tensor | None
+    _nc4_shift: Tensor | None
+    _nc4_means: Tensor | None
+    _nc4_mean_sq: Tensor | None
+    _nc4_disagree: Tensor | None
+    _nc4_total: Tensor | None
+
     def __init__(
         self,
         num_classes: int,
@@ -132,36 +218,33 @@ class CollapseMetrics:
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Drop all statistics (and the frozen NC4 means); width and device fixed at construction stay."""
-        self._counts: Tensor | None = None  # [K] int64
-        self._sq_norms: Tensor | None = None  # [K] float64, Σ_{i∈k} ‖z_i‖²
-        self._sums: Tensor | None = None  # [K, d] float64
-        self._gram: Tensor | None = None  # [d, d] float64, ZᵀZ
-        # Every statistic is of z − r_y, r_k being class k's mean in the first batch that held class k: an offset
-        # common to the features, or class means far from the origin, then cost no precision (the Gram form
-        # ‖z‖² − ‖μ‖² would otherwise cancel them away). NC metrics do not depend on the shifts; statistics with
-        # different shifts are rebased (exact algebra) before they are added.
-        self._shift: Tensor | None = None  # [K, d] float64, r_k (zero until class k is seen)
+        """Drop all statistics (and the frozen NC4 means); width and device fixed at construction stay.
+
+        The state is the tensors declared in `_STATES`. Every statistic is of z − r_y, r_k being class k's mean in
+        the first batch that held class k: an offset common to the features, or class means far from the origin,
+        then cost no precision (the Gram form ‖z‖² − ‖μ‖² would otherwise cancel them away). NC metrics do not
+        depend on the shifts; statistics with different shifts are rebased (exact algebra) before they are added.
+        """
+        for state in _STATES:
+            setattr(self, state.name, None)
         self._device: torch.device | None = self._fixed_device
         self._width: int | None = self._num_features
         self._logits_seen = False
-        # NC4 second pass.
-        self._nc4_classes: Tensor | None = None  # indices of the present classes
-        self._nc4_means: Tensor | None = None  # [K', d] frozen class means
-        self._nc4_mean_sq: Tensor | None = None  # [K'] ‖μ_k‖²
-        self._nc4_disagree: Tensor | None = None  # [] int64
-        self._nc4_total = 0
         if self._fixed_device is not None and self._num_features is not None:
             self._allocate(self._num_features, self._fixed_device)
 
     def _allocate(self, width: int, device: torch.device) -> None:
-        k = self.num_classes
+        """Fix width and device and allocate the first-pass states as zeros."""
         self._width, self._device = width, device
-        self._counts = torch.zeros(k, dtype=torch.int64, device=device)
-        self._sq_norms = torch.zeros(k, dtype=_F64, device=device)
-        self._sums = torch.zeros(k, width, dtype=_F64, device=device)
-        self._gram = torch.zeros(width, width, dtype=_F64, device=device)
-        self._shift = torch.zeros(k, width, dtype=_F64, device=device)
+        self._zero_states(nc4=False)
+
+    def _zero_states(self, nc4: bool) -> None:
+        """Allocate the first-pass (or, with ``nc4``, the second-pass) states of `_STATES` as zeros."""
+        assert self._width is not None and self._device is not None
+        for state in _STATES:
+            if state.shape is not None and state.nc4 == nc4:
+                dims = state.dims(self.num_classes, self._width)
+                setattr(self, state.name, torch.zeros(dims, dtype=state.dtype, device=self._device))
 
     @property
     def num_features(self) -> int | None:
@@ -291,8 +374,7 @@ class CollapseMetrics:
         self._nc4_shift = centre.to(self._device)
         self._nc4_means = means
         self._nc4_mean_sq = means.square().sum(dim=1)
-        self._nc4_disagree = torch.zeros((), dtype=torch.int64, device=self._device)
-        self._nc4_total = 0
+        self._zero_states(nc4=True)
 
     @torch.no_grad()
     def nc4_update(self, features: Tensor, logits: Tensor) -> None:
@@ -321,11 +403,13 @@ class CollapseMetrics:
 
     # ------------------------------------------------------------ merge/sync
     def _copy(self) -> CollapseMetrics:
+        """A copy with its own state tensors (the frozen NC4 means, only ever read, are shared)."""
         out = CollapseMetrics.__new__(CollapseMetrics)
         out.__dict__.update(self.__dict__)
-        for name in ("_counts", "_sq_norms", "_sums", "_gram", "_shift", "_nc4_disagree"):
-            value = getattr(self, name)
-            setattr(out, name, None if value is None else value.clone())
+        for state in _STATES:
+            value = getattr(self, state.name)
+            if state.reduce != "frozen" and value is not None:
+                setattr(out, state.name, value.clone())
         return out
 
     @torch.no_grad()
@@ -351,23 +435,29 @@ class CollapseMetrics:
             self._allocate(other._width, self._device or other._device)
         unseen = self._counts == 0
         self._shift[unseen] = other._shift.to(self._device)[unseen]
-        sq_norms, sums, gram = other._rebased(self._shift)
-        self._counts += other._counts.to(self._device)
-        self._sq_norms += sq_norms.to(self._device)
-        self._sums += sums.to(self._device)
-        self._gram += gram.to(self._device)
+        summands = other._summands(self._shift)
+        for state in _SUMMED:
+            if not state.nc4:  # the second-pass states do not exist yet (merge refuses frozen metrics)
+                getattr(self, state.name).add_(summands[state.name].to(self._device))
         self._logits_seen |= other._logits_seen
         return self
 
-    def _rebased(self, shift: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(squared norms, sums, Gram) about the per-class shifts `shift` [K, d] from those about self's."""
-        n = self._counts.to(_F64)
-        delta = (shift.to(self._sums.device) - self._shift) * (n > 0)[:, None]  # [K, d], r'_k − r_k
-        sq_norms = self._sq_norms - 2 * (self._sums * delta).sum(dim=1) + n * delta.square().sum(dim=1)
-        sums = self._sums - n[:, None] * delta
-        cross = self._sums.T @ delta
-        gram = self._gram - cross - cross.T + (delta * n[:, None]).T @ delta
-        return sq_norms, sums, gram
+    def _summands(self, shift: Tensor) -> dict[str, Tensor]:
+        """The allocated ``"sum"`` and ``"rebase"`` states, the latter re-based onto the per-class shifts `shift`
+        [K, d] from self's: what this metric adds to another's about `shift`."""
+        out = {}
+        for state in _SUMMED:
+            value = getattr(self, state.name)
+            if state.reduce == "sum" and value is not None:
+                out[state.name] = value
+        if self._counts is not None:
+            n = self._counts.to(_F64)
+            delta = (shift.to(self._sums.device) - self._shift) * (n > 0)[:, None]  # [K, d], r'_k − r_k
+            for state in _SUMMED:
+                if state.reduce == "rebase":
+                    assert state.rebase is not None
+                    out[state.name] = state.rebase(self, delta, n)
+        return out
 
     def _comm_device(self) -> torch.device:
         """Where the reduce buffers go: NCCL needs CUDA tensors, gloo takes the state's device.
@@ -388,8 +478,9 @@ class CollapseMetrics:
 
         Collective when ``torch.distributed`` runs more than one process (every rank must call
         it); otherwise a plain copy. Two small all_reduces agree on ``num_classes`` and width
-        (so ranks without data take part), then one all_reduce(SUM) of a flat float64 buffer
-        [counts, squared norms, sums, Gram, NC4 counts]. Counts travel as float64, exact below 2^53.
+        (so ranks without data take part), one of the count-weighted shifts, then one all_reduce(SUM) of a flat
+        float64 buffer of the summed states of `_STATES` (counts, squared norms, sums, Gram, NC4 counts), the
+        statistics re-based onto the common shifts first. Counts travel as float64, exact below 2^53.
         """
         if not is_distributed(self.process_group):
             return self._copy()
@@ -420,26 +511,28 @@ class CollapseMetrics:
             weighted[:, d] = n
         dist.all_reduce(weighted, op=dist.ReduceOp.SUM, group=group)
         shift = weighted[:, :d] / weighted[:, d:].clamp_min(1)
-        if self._counts is not None:
-            sq_norms, sums, gram = self._rebased(shift.to(self._sums.device))
-            parts = [self._counts.to(_F64), sq_norms, sums.flatten(), gram.flatten()]
-            buf = torch.cat([p.to(device) for p in parts])
-        else:
-            buf = torch.zeros(2 * k + k * d + d * d, dtype=_F64, device=device)
-        nc4 = [float(self._nc4_disagree) if frozen else 0.0, float(self._nc4_total)]
-        buf = torch.cat([buf, torch.tensor(nc4, dtype=_F64, device=device)])
+        # One flat buffer of every summed state, in `_SUMMED` order; a state this rank lacks counts as zeros.
+        summands = self._summands(shift.to(self._device)) if self._device is not None else {}
+        all_dims = [state.dims(k, d) for state in _SUMMED]
+        parts = [
+            summands[state.name].to(device=device, dtype=_F64).flatten()
+            if state.name in summands
+            else torch.zeros(math.prod(dims), dtype=_F64, device=device)
+            for state, dims in zip(_SUMMED, all_dims)
+        ]
+        buf = torch.cat(parts)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
         home = self._device or device
         buf = buf.to(home)
         out._width, out._device = d, home
-        out._counts = buf[:k].round().to(torch.int64)
-        out._sq_norms = buf[k : 2 * k].clone()
-        out._sums = buf[2 * k : 2 * k + k * d].view(k, d).clone()
-        out._gram = buf[2 * k + k * d : 2 * k + k * d + d * d].view(d, d).clone()
+        offset = 0
+        for state, dims in zip(_SUMMED, all_dims):
+            part = buf[offset : offset + math.prod(dims)].view(dims)
+            offset += part.numel()
+            if state.nc4 and not frozen:
+                continue
+            setattr(out, state.name, part.clone() if state.dtype.is_floating_point else part.round().to(state.dtype))
         out._shift = shift.to(home)
-        if frozen:
-            out._nc4_disagree = buf[-2].round().to(torch.int64)
-            out._nc4_total = int(buf[-1].round())
         return out
 
     def _synced(self) -> CollapseMetrics:
@@ -490,8 +583,8 @@ class CollapseMetrics:
             state._counts[present].to(_F64), state._sq_norms[present], state._sums[present], state._gram, head_weight,
             present.tolist(), state._shift[present],
         )
-        if state._nc4_means is not None and state._nc4_total > 0:
-            results["nc4"] = int(state._nc4_disagree) / state._nc4_total
+        if state._nc4_means is not None and int(state._nc4_total) > 0:
+            results["nc4"] = int(state._nc4_disagree) / int(state._nc4_total)
         elif self._logits_seen and not self._warned_logits:
             self._warned_logits = True
             warnings.warn(
@@ -500,6 +593,10 @@ class CollapseMetrics:
                 stacklevel=2,
             )
         return results
+
+
+if set(CollapseMetrics.__annotations__) != {state.name for state in _STATES}:
+    raise TypeError("CollapseMetrics' annotations must list exactly the states declared in _STATES")
 
 
 def _too_few_classes_message(present: int, num_classes: int) -> str:
