@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -444,53 +442,9 @@ def test_nearly_coinciding_means_name_the_classes_and_nan_heads_are_refused() ->
 
 
 # --------------------------------------------------------------------------- the declared state
-class _TwoThreadRanks:
-    """A stand-in for ``torch.distributed`` with two ranks as two threads, enough for ``CollapseMetrics.sync``."""
-
-    ReduceOp = SimpleNamespace(SUM="sum", MAX="max")
-
-    def __init__(self) -> None:
-        self.barrier = threading.Barrier(2, timeout=60)
-        self.slots: list = [None, None]
-        self.local = threading.local()
-
-    def get_backend(self, group=None) -> str:
-        return "gloo"
-
-    def all_reduce(self, tensor, op="sum", group=None) -> None:
-        self.slots[self.local.rank] = tensor.clone()
-        self.barrier.wait()
-        if self.local.rank == 0:
-            stacked = torch.stack(self.slots)
-            self.result = stacked.sum(0) if op == "sum" else stacked.max(0).values
-        self.barrier.wait()
-        tensor.copy_(self.result)
-        self.barrier.wait()
-
-    def run(self, fn) -> list:
-        results, errors = [None, None], []
-
-        def rank_main(rank):
-            self.local.rank = rank
-            try:
-                results[rank] = fn(rank)
-            except BaseException as error:  # a failing rank must not leave the other one waiting
-                errors.append(error)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
-        return results
-
-
-def test_the_declared_states_are_what_reset_copy_merge_and_sync_act_on(monkeypatch):
+def test_the_declared_states_are_what_reset_copy_and_merge_act_on():
     """Each state in `_STATES`, read from the table, is compared with a metric that saw all the data: a state
-    declared there but left out of reset, copy, merge or sync fails here."""
+    declared there but left out of reset, copy or merge fails here."""
     states = metrics_module._STATES
     names = {state.name for state in states}
     assert {"_counts", "_sq_norms", "_sums", "_gram", "_shift", "_nc4_means", "_nc4_disagree", "_nc4_total"} <= names
@@ -521,43 +475,7 @@ def test_the_declared_states_are_what_reset_copy_merge_and_sync_act_on(monkeypat
         close(getattr(merged, state.name), getattr(whole, state.name), state.name)
     assert all(getattr(merged, state.name) is None for state in states if state not in first_pass)
 
-    # sync over two simulated ranks: the summed states, re-based onto the whole's shifts, are the whole's
-    ranks = _TwoThreadRanks()
-    monkeypatch.setattr(metrics_module, "dist", ranks)
-    monkeypatch.setattr(metrics_module, "is_distributed", lambda group=None: True)
-
-    def on_rank(rank):
-        local = CollapseMetrics(4)
-        for batch in batches[rank]:
-            local.update(z[batch], y[batch])
-        synced = local.sync()
-        local.begin_nc4_pass()  # collective: freezes the global means
-        local.nc4_update(z[shards[rank]], z[shards[rank]] @ w.T)
-        return local, synced, local.sync()
-
-    results = ranks.run(on_rank)
-    whole_summands = whole._summands(whole._shift)
-    whole.begin_nc4_pass(sync=False)
-    whole.nc4_update(z, z @ w.T)
-    for local, synced, synced_nc4 in results:
-        assert synced.num_samples == len(y)
-        got = synced._summands(whole._shift)
-        for state in first_pass:
-            if state.reduce == "shift":  # the count-weighted mean of the ranks' shifts
-                counts = torch.stack([r[0]._counts for r in results]).double()[..., None]
-                shifts = torch.stack([r[0]._shift for r in results])
-                close(synced._shift, (counts * shifts).sum(0) / counts.sum(0), state.name)
-            else:
-                close(got[state.name], whole_summands[state.name], state.name)
-        for state in states:
-            if state.reduce == "frozen":  # global already: kept as it is, and the whole's
-                assert getattr(synced_nc4, state.name) is getattr(local, state.name), state.name
-                close(getattr(local, state.name), getattr(whole, state.name), state.name)
-            elif state.nc4:
-                assert getattr(synced, state.name) is None, state.name
-                close(getattr(synced_nc4, state.name), getattr(whole, state.name), state.name)
-        want = whole.compute(head_weight=w, sync=False)
-        assert_close(synced_nc4.compute(head_weight=w, sync=False), want, rel=1e-10)
+    # sync: checked with real processes (gloo) in tests/test_metrics_distributed.py, state by state there too
 
     # copy: its own tensor for every accumulated state, the frozen ones shared; reset: nothing left
     copy = whole._copy()
