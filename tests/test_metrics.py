@@ -475,7 +475,9 @@ def test_the_declared_states_are_what_reset_copy_and_merge_act_on():
         close(getattr(merged, state.name), getattr(whole, state.name), state.name)
     assert all(getattr(merged, state.name) is None for state in states if state not in first_pass)
 
-    # sync: checked with real processes (gloo) in tests/test_metrics_distributed.py, state by state there too
+    # sync: checked with real processes (gloo) in tests/test_metrics_distributed.py
+    whole.begin_nc4_pass(sync=False)
+    whole.nc4_update(z, z @ w.T)
 
     # copy: its own tensor for every accumulated state, the frozen ones shared; reset: nothing left
     copy = whole._copy()
