@@ -167,19 +167,16 @@ def test_compile_fullgraph_gives_the_same_logits_and_gradients(family: str, fusi
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_a_capture_opened_after_the_model_was_compiled_and_run_says_what_to_do() -> None:
+def test_a_capture_opened_after_the_model_was_compiled_and_run_sees_the_next_forward() -> None:
+    """HeadInputs also hooks the model root (for the input ids a per-token head is read at), and torch.compile guards
+    on the root's hooks: the graph is rebuilt with the capture's hooks in it."""
     torch._dynamo.reset()
     model = _adapted("hf-vit")
     inputs = make_inputs("hf-vit")
     compiled = torch.compile(model, backend="aot_eager")
     with torch.no_grad():
-        logits_of(compiled, inputs)  # compiled before the capture's hook existed
+        logits_of(compiled, inputs)  # compiled before the capture's hooks existed
         with skipcollapse.HeadInputs(compiled) as capture:
-            logits_of(compiled, inputs)
-            with pytest.raises(RuntimeError, match="before the first call of the compiled model"):
-                capture.latest
-        torch._dynamo.reset()
-        with skipcollapse.HeadInputs(compiled) as capture:  # the way out the message gives
             logits_of(compiled, inputs)
             assert capture.latest.shape[0] == inputs["labels"].shape[0]
 
@@ -478,3 +475,60 @@ def test_half_precision_base_at_init_is_the_base_with_block_l_in_float32(family:
         torch.testing.assert_close(logits_of(adapted, half), float32_block, rtol=0, atol=0)
         same_dtype = get_peft_model(build(family).to(dtype), SkipCollapseConfig(), autocast_adapter_dtype=False).eval()
         torch.testing.assert_close(logits_of(same_dtype, half), expected, rtol=0, atol=0)
+
+
+def test_a_positional_attention_mask_is_used_by_mean_pooling() -> None:
+    model = _adapted("hf-bert", pooling="mean")
+    _open_gates(model, 1.0)
+    model.eval()
+    ids = torch.randint(3, 60, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        by_keyword = model(input_ids=ids, attention_mask=mask).logits
+        by_position = model(ids, mask).logits
+        alone = model(input_ids=ids[1:, :6]).logits
+    torch.testing.assert_close(by_position, by_keyword, rtol=0, atol=0)
+    torch.testing.assert_close(alone[0], by_keyword[1], rtol=1e-5, atol=1e-6)
+
+
+def test_an_interrupted_call_leaves_no_scope_behind() -> None:
+    """torch runs always_call hooks on Exception only: a KeyboardInterrupt skips the hook that closes the scope."""
+    from skipcollapse.adapter.layer import _open_scopes
+
+    model = _adapted("hf-bert")
+    inputs = make_inputs("hf-bert")
+    source = model.get_base_model().get_submodule(model.peft_config["default"].source_layer)
+
+    def interrupt(module, args, output):
+        raise KeyboardInterrupt
+
+    handle = source.register_forward_hook(interrupt)
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            logits_of(model, inputs)
+    handle.remove()
+    logits_of(model, inputs)
+    assert _open_scopes() == []
+
+
+def test_replace_on_a_model_no_example_batch_can_be_built_for() -> None:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    model = get_peft_model(base, SkipCollapseConfig(source_layer="0", head_module="4", pooling="flatten", fusion="replace"))
+    assert model(torch.randn(3, 4)).shape == (3, 2)
+
+
+def test_a_decoder_without_a_pad_token_is_measured_one_example_at_a_time() -> None:
+    from conformance_models import ARCHS_BY_NAME
+
+    base = ARCHS_BY_NAME["gpt2"].build()
+    base.config.pad_token_id = None  # as GPT-2 and Llama checkpoints ship
+    model = get_peft_model(base, SkipCollapseConfig())
+    assert model.peft_config["default"].pooling == "per_token"
+
+
+def test_creating_the_adapter_under_inference_mode_measures_as_outside_it() -> None:
+    plain = build("hf-bert")
+    with torch.inference_mode():
+        assert get_peft_model(plain, SkipCollapseConfig()).peft_config["default"].pooling == "cls"

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
@@ -125,7 +127,11 @@ def open_scope(
 ) -> CallScope:
     """Open a scope for one call of `root` on this thread, serving the SkipCollapse layers under `root`."""
     scope = CallScope(root, _scoped_layers(root, names), token_mask)
-    _open_scopes().append(scope)
+    scopes = _open_scopes()
+    # A call of the same module object cannot be open below this one on this thread (models do not call themselves):
+    # such a scope is one a KeyboardInterrupt left behind (torch runs always_call hooks on Exception only). Drop it.
+    scopes[:] = [open_one for open_one in scopes if open_one.root is not root]
+    scopes.append(scope)
     return scope
 
 
@@ -134,7 +140,7 @@ def close_scope(root: nn.Module, names: Optional[Sequence[str]] = None) -> None:
     scopes = _open_scopes()
     for index in range(len(scopes) - 1, -1, -1):
         if scopes[index].root is root:
-            del scopes[index]
+            del scopes[index:]  # and any scope an interrupted inner call left above it
             return
 
 
@@ -154,9 +160,24 @@ def scope_pre_hook(
     root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], names: Optional[Sequence[str]] = None
 ) -> None:
     """Forward pre-hook on the model root: each call of the model opens its own scope."""
-    mask = kwargs.get("attention_mask")
+    mask = _argument(root, "attention_mask", args, kwargs)
     mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None  # [B, T]: 1 real, 0 padding
     open_scope(root, names, mask)
+
+
+def _argument(root: nn.Module, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Argument `name` of this call of `root`, whether passed by keyword or by position."""
+    if name in kwargs or not args:
+        return kwargs.get(name)
+    position = _positions(type(root)).get(name)
+    return args[position] if position is not None and position < len(args) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _positions(cls: type) -> dict[str, int]:
+    """Positions of `cls.forward`'s parameters (read once per class)."""
+    parameters = list(inspect.signature(cls.forward).parameters)[1:]  # without self
+    return {name: i for i, name in enumerate(parameters)}
 
 
 def scope_post_hook(
@@ -236,8 +257,10 @@ def pool(
     if pooling == "per_token":
         return hidden
     if pooling == "mean":
-        if token_mask is not None and hidden.dim() == 3 and tuple(token_mask.shape) == tuple(hidden.shape[:2]):
-            weights = token_mask.to(hidden.dtype).unsqueeze(-1)
+        if token_mask is not None and hidden.dim() == 3 and token_mask.shape[0] == hidden.shape[0]:
+            if token_mask.shape[1] < hidden.shape[1]:  # the model padded the sequence itself (Longformer): not real
+                token_mask = nn.functional.pad(token_mask, (0, hidden.shape[1] - token_mask.shape[1]))
+            weights = token_mask[:, : hidden.shape[1]].to(hidden.device, hidden.dtype).unsqueeze(-1)
             return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
         return hidden.mean(dim=1)
     if pooling == "avg":
@@ -385,7 +408,7 @@ class SkipBypassLayer(SkipCollapseLayer):
     adapter_layer_names = ()
     other_param_names = ("fusion",)
 
-    def __init__(self, base_layer: nn.Module, template: OutputTemplate) -> None:
+    def __init__(self, base_layer: nn.Module, template: Optional[OutputTemplate]) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.template = template
@@ -399,6 +422,8 @@ class SkipBypassLayer(SkipCollapseLayer):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         scope = current_scope(self)
         if scope is not None and scope.replaced:
+            if self.template is None:  # nothing was measured (no example batch): hand on block ℓ's output
+                return scope.source_output
             given = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)), None)
             return fill_template(self.template, given, scope.source_hidden)
         return self.base_layer(*args, **kwargs)

@@ -44,7 +44,9 @@ def example_inputs(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
     when the model says nothing about its inputs."""
     config = getattr(model, "config", None)
     name = getattr(model, "main_input_name", None)
-    device = device_of(model)
+    device = _execution_device(model)
+    if device is None:
+        return None  # weights on the meta device and no hook that brings them: the model cannot run yet
     dtype = dtype_of(model, torch.float32)
     generator = torch.Generator().manual_seed(0)
     if name == "input_ids" and config is not None:
@@ -53,7 +55,9 @@ def example_inputs(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
         usable = [i for i in range(min(vocab, 64)) if i not in special]
         if not usable:
             return None
-        picks = torch.randint(len(usable), (2, 8), generator=generator)
+        # without a pad token a decoder classifier refuses batches of more than one (it cannot find the last token)
+        rows = 2 if getattr(config, "pad_token_id", None) is not None or not _is_decoder(config) else 1
+        picks = torch.randint(len(usable), (rows, 8), generator=generator)
         ids = torch.tensor(usable)[picks].to(device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if name == "pixel_values" and config is not None:
@@ -69,6 +73,26 @@ def example_inputs(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
         pixels = torch.randn(2, channels, height, width, generator=generator).to(device, dtype)
         return {"pixel_values": pixels} if inner is not model else {"x": pixels}
     return None
+
+
+def _execution_device(model: nn.Module) -> Optional[torch.device]:
+    """Where the model runs: accelerate's hook's execution device (offloaded weights sit on the meta device until
+    the hook brings them), else its weights' device; None for weights on the meta device with no such hook."""
+    for module in (model, *model.children()):
+        hooked = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+        if hooked is not None:
+            return torch.device(hooked) if not isinstance(hooked, torch.device) else hooked
+    device = device_of(model)
+    return None if device.type == "meta" else device
+
+
+def _is_decoder(config: Any) -> bool:
+    return not getattr(config, "is_encoder_decoder", False) and getattr(config, "model_type", "") not in _ENCODERS
+
+
+# Encoders never refuse a batch for lack of a pad token; every other text model is treated as a decoder here.
+_ENCODERS = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "deberta", "deberta-v2", "electra", "albert",
+             "mpnet", "modernbert", "roformer", "convbert", "mobilebert", "funnel", "longformer", "xlnet"}
 
 
 def _timm_input_size(model: nn.Module) -> tuple[int, int]:
@@ -129,7 +153,7 @@ def measure(
         (head, "pre", on_head),
         *[(name, "forward", on_watched(name)) for name in watched],
     ]
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.inference_mode(False), torch.no_grad():
         try:
             with _hooked(model, hooks):
                 call_with(model, inputs)
@@ -162,7 +186,10 @@ def classified_pooling(model: nn.Module) -> str:
     inputs = example_inputs(model)
     if arch is None or inputs is None:
         return "mean"
-    found = measure(model, inputs, arch.blocks[-1], arch.head, arch.blocks[-1], [])
+    from .model import _adapters_off
+
+    with _adapters_off(model):  # the base model's own pooling, whatever an adapter on it does
+        found = measure(model, inputs, arch.blocks[-1], arch.head, arch.blocks[-1], [])
     return found.classified or "mean"
 
 

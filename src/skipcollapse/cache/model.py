@@ -40,6 +40,14 @@ class CachedSkipModel(nn.Module):
     def __init__(self, peft_model: nn.Module, cache: PrefixCache) -> None:
         super().__init__()
         cache.check(peft_model)
+        pooling = _adapter_parts(peft_model)[1].pooling
+        if pooling in ("mean", "per_token"):
+            raise ValueError(
+                f"training from a prefix cache with pooling={pooling!r} is not supported: the cache keeps block ℓ's "
+                "inputs but not the call's attention mask (mean over real tokens) or input ids (the token a decoder "
+                "classifies), so cached and uncached training would differ on padded batches. Train without the "
+                "cache, or use pooling='cls' for encoders"
+            )
         self.peft_model = peft_model
         self.cache = cache
         base, config = _adapter_parts(peft_model)

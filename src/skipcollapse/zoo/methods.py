@@ -43,7 +43,7 @@ def prepare(model: nn.Module, method: str, source_layer: Optional[str | int] = N
             for name, m in model.named_modules()
             if any(name.startswith(b + ".") for b in arch.blocks) and _lora_compatible(m)
         ]
-        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=targets, modules_to_save=[arch.head])
+        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=targets, modules_to_save=[arch.head, *arch.modules_to_save])
         peft_model = get_peft_model(model, config)
         keep_frozen_batchnorm_in_eval(peft_model)
         return peft_model
