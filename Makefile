@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow demo finetune probe clean
+.PHONY: setup lint format test test-slow demo finetune probe clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Lint, format and type checks: what .ci/run runs first; `make format` applies ruff's fixes and formatting.
+lint: setup
+	$(BIN)/ruff check src tests recipes benchmarks
+	$(BIN)/ruff format --check src tests recipes benchmarks
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix src tests recipes benchmarks
+	$(BIN)/ruff format src tests recipes benchmarks
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q

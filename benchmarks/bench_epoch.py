@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -55,7 +55,7 @@ LABELS = {
 }
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--max-examples", type=int, default=512, help="seeded subset of the 1258 training digits")
@@ -81,8 +81,8 @@ class Trainee:
     loader: Any
     optimizer: Any
     trainable: int
-    build_seconds: Optional[float] = None
-    cache_mib: Optional[float] = None
+    build_seconds: float | None = None
+    cache_mib: float | None = None
 
 
 def _load_data_and_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -130,7 +130,10 @@ def prepare(method: str, model: Any, train_set: Any, args: argparse.Namespace) -
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     loader = DataLoader(
-        data, batch_size=args.batch_size, shuffle=True, collate_fn=default_data_collator,
+        data,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=default_data_collator,
         generator=torch.Generator().manual_seed(0),
     )
     return Trainee(method, model, loader, optimizer, sum(p.numel() for p in params), build_seconds, cache_mib)
@@ -224,7 +227,16 @@ def memory_worker(args: argparse.Namespace, method: str) -> dict[str, Any]:
 # ============================================================================================ driver
 def _worker(args: argparse.Namespace, kind: str, methods: list[str]) -> list[dict[str, Any]]:
     command = [sys.executable, __file__, "--worker", kind, "--methods", ",".join(methods)]
-    flags = ("image_size", "max_examples", "batch_size", "warmup_steps", "repeats", "memory_steps", "threads", "device")
+    flags = (
+        "image_size",
+        "max_examples",
+        "batch_size",
+        "warmup_steps",
+        "repeats",
+        "memory_steps",
+        "threads",
+        "device",
+    )
     for flag in flags:
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -237,7 +249,7 @@ def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
@@ -260,7 +272,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     return results
 
 
-def _ratio(value: Optional[float], reference: Optional[float]) -> str:
+def _ratio(value: float | None, reference: float | None) -> str:
     return f"{value / reference:.3f}" if value is not None and reference else "-"
 
 

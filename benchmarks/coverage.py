@@ -20,8 +20,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conformance_models import Arch, forward_logits, make_inputs  # noqa: E402
-from conformance_models import ARCHS  # noqa: E402
+from conformance_models import (  # noqa: E402
+    ARCHS,  # noqa: E402
+    Arch,
+    forward_logits,
+    make_inputs,
+)
 from test_conformance import FAST, NOT_COVERED  # noqa: E402
 
 import skipcollapse  # noqa: E402
@@ -73,7 +77,10 @@ def main() -> None:
         print("| " + " | ".join(row) + " |")
     sc = sum(r[3] == "yes" for r in rows)
     lora = sum(r[4] == "yes" for r in rows)
-    print(f"\nSkipCollapse with no names, as the conformance test checks it: {sc} of {len(rows)}; LoRA: {lora} of {len(rows)}")
+    print(
+        f"\nSkipCollapse with no names, as the conformance test checks it: {sc} of {len(rows)}; "
+        f"LoRA: {lora} of {len(rows)}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from skipcollapse._io import atomic_path, check_writable_folder, write_atomic
 from skipcollapse.collapse.distributed import is_main_process
+from skipcollapse.zoo import HelpFormatter
 from skipcollapse.zoo.experiments import (
     Experiment,
     ResultCache,
@@ -36,8 +38,6 @@ from skipcollapse.zoo.experiments import (
     search,
     summarise,
 )
-from skipcollapse._io import atomic_path, check_writable_folder, write_atomic
-from skipcollapse.zoo import HelpFormatter
 from skipcollapse.zoo.methods import METHODS
 from skipcollapse.zoo.names import main_with_clean_errors
 
@@ -47,16 +47,22 @@ DEFAULT_EXPERIMENT = RECIPES / "experiments" / "efficientnet_lite0-digits.json"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--experiment", default=str(DEFAULT_EXPERIMENT), help="experiment file (setting, search space, choices)")
+    p.add_argument(
+        "--experiment", default=str(DEFAULT_EXPERIMENT), help="experiment file (setting, search space, choices)"
+    )
     p.add_argument("--search", action="store_true", help="tune every method on validation first (cached, resumable)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to run")
     p.add_argument("--shots", nargs="+", default=["full", "10"], help="'full' and/or k examples per class")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the test runs (k-shot draw and init)")
     p.add_argument("--output-dir", default="runs/compare", help="where the table, CSV/JSON and plots go")
     p.add_argument("--cache-dir", default="runs/compare-cache", help="finished runs, one JSON file per configuration")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process: results are reproducible at a fixed count (the table used 1); "
-                   "float sums in another order change training runs")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process: results are reproducible at a fixed count (the table used 1); "
+        "float sums in another order change training runs",
+    )
     args = p.parse_args(argv)
     for folder, option in ((args.output_dir, "--output-dir"), (args.cache_dir, "--cache-dir")):
         try:
@@ -77,26 +83,38 @@ def main(argv: list[str] | None = None) -> dict:
     experiment = Experiment.load(args.experiment)
     missing = [m for m in args.methods if m not in experiment.search_space]
     if missing:
-        raise SystemExit(f"{args.experiment} has no search space for {missing}; it covers {list(experiment.search_space)}")
+        raise SystemExit(
+            f"{args.experiment} has no search space for {missing}; it covers {list(experiment.search_space)}"
+        )
     cache = ResultCache(args.cache_dir)
     setting = experiment.setting
     if args.search:
         with tqdm(desc="search", unit="run") as bar:
+
             def step(message: str) -> None:
                 bar.set_description(message)
                 bar.update()
 
             search(experiment, cache, args.shots, args.methods, progress=step)
 
-    specs = [(label, spec) for shots in args.shots for method in args.methods
-             for label, spec in final_specs(experiment, shots, method, args.seeds)]
+    specs = [
+        (label, spec)
+        for shots in args.shots
+        for method in args.methods
+        for label, spec in final_specs(experiment, shots, method, args.seeds)
+    ]
     rows = []
     for label, spec in tqdm(specs, desc="test runs", unit="run"):
         rows.append({**cached_run(setting, spec, cache), "label": label})
     table = summarise(rows)
     comparison = paired(rows)
-    report = {"experiment": experiment.to_json(), "seeds": args.seeds, "runs": rows, "table": table,
-              "paired": comparison}
+    report = {
+        "experiment": experiment.to_json(),
+        "seeds": args.seeds,
+        "runs": rows,
+        "table": table,
+        "paired": comparison,
+    }
     if is_main_process():
         out = Path(args.output_dir)
         write_atomic(out / "compare.json", json.dumps(report, indent=2) + "\n")
@@ -130,21 +148,28 @@ def markdown(table: list[dict]) -> str:
         block = (r["source_layer"] or "–").replace("timm_model.", "")
         lines.append(
             f"| {r['shots']} | {r['method']} | {_pm(r['accuracy_mean'], r['accuracy_std'])} | {lr} | {block} | "
-            f"{r['trainable_params']:,} ({100 * r['trainable_share']:.1f}%) | {r['nc1_train']:.3g} | {r['nc1_test']:.3g} |"
+            f"{r['trainable_params']:,} ({100 * r['trainable_share']:.1f}%) | "
+            f"{r['nc1_train']:.3g} | {r['nc1_test']:.3g} |"
         )
     return "\n".join(lines)
 
 
 def paired_markdown(comparison: list[dict]) -> str:
-    lines = ["| shots | SCL-FT minus | mean diff. (pts) | seeds won | their params / SCL-FT's |", "|---|---|---|---|---|"]
+    lines = [
+        "| shots | SCL-FT minus | mean diff. (pts) | seeds won | their params / SCL-FT's |",
+        "|---|---|---|---|---|",
+    ]
     for c in comparison:
-        lines.append(f"| {c['shots']} | {c['other']} | {_pm(c['mean_difference'], c['std_difference'])} | "
-                     f"{c['wins']}/{c['seeds']} | {c['param_ratio']:.2g}× |")
+        lines.append(
+            f"| {c['shots']} | {c['other']} | {_pm(c['mean_difference'], c['std_difference'])} | "
+            f"{c['wins']}/{c['seeds']} | {c['param_ratio']:.2g}× |"
+        )
     return "\n".join(lines)
 
 
-def summary(args: argparse.Namespace, experiment: Experiment, table: list[dict], comparison: list[dict],
-            files: list[Path]) -> str:
+def summary(
+    args: argparse.Namespace, experiment: Experiment, table: list[dict], comparison: list[dict], files: list[Path]
+) -> str:
     s = experiment.setting
     lines = [
         "",
@@ -159,9 +184,13 @@ def summary(args: argparse.Namespace, experiment: Experiment, table: list[dict],
         sign = "+" if c["mean_difference"] >= 0 else "−"
         spread = "" if math.isnan(c["std_difference"]) else f" ± {c['std_difference']:.1f}"
         fewer = c["param_ratio"]
-        params = ("as many" if fewer == 1 else f"{fewer:.1f}× fewer" if fewer > 1 else f"{1 / fewer:.1f}× more") + " trainable"
-        lines.append(f"SCL-FT vs {c['other']} ({c['shots']}): {sign}{abs(c['mean_difference']):.1f}{spread} pts "
-                     f"over {c['seeds']} seed(s), wins {c['wins']}/{c['seeds']}; SCL-FT has {params} parameters")
+        params = (
+            "as many" if fewer == 1 else f"{fewer:.1f}× fewer" if fewer > 1 else f"{1 / fewer:.1f}× more"
+        ) + " trainable"
+        lines.append(
+            f"SCL-FT vs {c['other']} ({c['shots']}): {sign}{abs(c['mean_difference']):.1f}{spread} pts "
+            f"over {c['seeds']} seed(s), wins {c['wins']}/{c['seeds']}; SCL-FT has {params} parameters"
+        )
     lines += ["", "files: " + ", ".join(str(f) for f in files)]
     return "\n".join(lines)
 
@@ -183,10 +212,20 @@ def plot(table: list[dict], directory: Path, title: str) -> list[Path]:
     ):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for r in table:
-            ax.errorbar(r[key], r["accuracy_mean"], yerr=0 if math.isnan(r["accuracy_std"]) else r["accuracy_std"],
-                        marker=markers[r["method"]], color=colours[r["shots"]], linestyle="none", markersize=7, capsize=3)
+            ax.errorbar(
+                r[key],
+                r["accuracy_mean"],
+                yerr=0 if math.isnan(r["accuracy_std"]) else r["accuracy_std"],
+                marker=markers[r["method"]],
+                color=colours[r["shots"]],
+                linestyle="none",
+                markersize=7,
+                capsize=3,
+            )
         handles = [plt.Line2D([], [], marker=markers[m], color="grey", linestyle="none", label=m) for m in methods]
-        handles += [plt.Line2D([], [], marker="s", color=colours[s], linestyle="none", label=f"shots: {s}") for s in shots_list]
+        handles += [
+            plt.Line2D([], [], marker="s", color=colours[s], linestyle="none", label=f"shots: {s}") for s in shots_list
+        ]
         ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
         ax.set_xscale("log")
         ax.set_xlabel(label)

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import get_peft_model
 import transformers
+from peft import get_peft_model
 from transformers import Trainer, TrainingArguments
 
 from skipcollapse import CollapseTrainer, NeuralCollapseCallback, SkipCollapseConfig, save_adapter_atomically
-from skipcollapse.zoo import HelpFormatter, add_data_arguments, load_backbone, task_from_args
 from skipcollapse._io import check_writable_folder, write_atomic
+from skipcollapse.zoo import HelpFormatter, add_data_arguments, load_backbone, task_from_args
 from skipcollapse.zoo.names import main_with_clean_errors
 
 
@@ -40,8 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_arguments(p)
     p.add_argument("--source-layer", default=None, help="block name or index (None: the middle block)")
     p.add_argument("--fusion", default="add", choices=["add", "concat", "replace"], help="how the skip meets the head")
-    p.add_argument("--train-source", default="full", choices=["full", "norms_biases", "none"],
-                   help="what of block l trains (full = SCL-FT)")
+    p.add_argument(
+        "--train-source",
+        default="full",
+        choices=["full", "norms_biases", "none"],
+        help="what of block l trains (full = SCL-FT)",
+    )
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (the comparison's budget)")
     p.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --steps")
     p.add_argument("--batch-size", type=int, default=32, help="examples per step and process")
@@ -91,17 +95,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     collator = backbone.collator()
     total_steps = args.steps if not args.epochs else math.ceil(args.epochs * len(train_set) / args.batch_size)
     training_args = TrainingArguments(
-        output_dir=args.output_dir, max_steps=-1 if args.epochs else args.steps, num_train_epochs=args.epochs or 1,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=2 * args.batch_size,
-        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.1 * total_steps), weight_decay=0.0,
-        eval_strategy="epoch" if args.epochs else "steps", eval_steps=max(1, args.steps // 5),
-        logging_strategy="epoch" if args.epochs else "steps", logging_steps=max(1, args.steps // 5),
-        save_strategy="no", report_to=args.report_to, seed=args.seed, dataloader_num_workers=0, disable_tqdm=False,
+        output_dir=args.output_dir,
+        max_steps=-1 if args.epochs else args.steps,
+        num_train_epochs=args.epochs or 1,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=2 * args.batch_size,
+        learning_rate=args.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(0.1 * total_steps),
+        weight_decay=0.0,
+        eval_strategy="epoch" if args.epochs else "steps",
+        eval_steps=max(1, args.steps // 5),
+        logging_strategy="epoch" if args.epochs else "steps",
+        logging_steps=max(1, args.steps // 5),
+        save_strategy="no",
+        report_to=args.report_to,
+        seed=args.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
     )
     common = dict(
-        model=model, args=training_args, train_dataset=train_set, eval_dataset=validation_set if validation_set is not None else test_set,
-        data_collator=collator, compute_metrics=accuracy,
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=validation_set if validation_set is not None else test_set,
+        data_collator=collator,
+        compute_metrics=accuracy,
     )
     if args.collapse_lambda > 0:
         trainer = CollapseTrainer(**common, collapse_lambda=args.collapse_lambda, num_classes=task.num_labels)
@@ -120,12 +140,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         save_adapter_atomically(model, args.output_dir, save_embedding_layers=False)
 
     result = {
-        "model": args.model, "dataset": args.dataset, "k_shot": args.k_shot, "seed": args.seed,
-        "source_layer": model.peft_config["default"].source_layer, "fusion": args.fusion,
-        "train_examples": len(train_set), "test_examples": len(test_set),
-        "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
+        "model": args.model,
+        "dataset": args.dataset,
+        "k_shot": args.k_shot,
+        "seed": args.seed,
+        "source_layer": model.peft_config["default"].source_layer,
+        "fusion": args.fusion,
+        "train_examples": len(train_set),
+        "test_examples": len(test_set),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_share": trainable / total,
         "validation_examples": len(validation_set) if validation_set is not None else 0,
-        "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"], "train_seconds": train_seconds,
+        "test_accuracy": metrics["test_accuracy"],
+        "test_loss": metrics["test_loss"],
+        "train_seconds": train_seconds,
         **{key: value for key, value in metrics.items() if "_nc" in key or "_cdnv" in key},
     }
     if trainer.is_world_process_zero():

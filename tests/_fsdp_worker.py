@@ -16,18 +16,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from peft import get_peft_model  # noqa: E402
 from tiny_models import build, make_inputs  # noqa: E402
 
 import skipcollapse  # noqa: E402
 from skipcollapse.adapter.architectures import discover  # noqa: E402
-from peft import get_peft_model  # noqa: E402
 
 CASES = [("hf-bert", "add"), ("hf-bert", "replace"), ("hf-vit", "concat")]  # hf-vit: the skip norm is the final norm
 # accelerate's transformer auto-wrap defaults to the model's _no_split_modules, which for BERT and ViT include the
@@ -61,7 +60,9 @@ def shard(model: nn.Module, family: str, how: str, accelerator) -> nn.Module:
     # accelerate selects FSDP only on accelerator devices (on CPU, Accelerator(fsdp_plugin=...) ignores the plugin),
     # so the plugin the launcher would build is handed to its FSDP2 preparation directly.
     accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
-        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=[LAYER_CLASSES[family]]
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=[LAYER_CLASSES[family]],
     )
     return fsdp2_prepare_model(accelerator, model)
 
@@ -74,7 +75,7 @@ def one_step(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return output.logits.detach()
 
 
-def saved_and_reloaded(model: nn.Module, family: str, twin: nn.Module, inputs: dict, folder: Path) -> Optional[float]:
+def saved_and_reloaded(model: nn.Module, family: str, twin: nn.Module, inputs: dict, folder: Path) -> float | None:
     """Save the sharded model's adapter as users of FSDP do (a full state dict gathered on rank 0, handed to
     save_pretrained), reload it onto a fresh base on rank 0 and return the largest eval-logit difference from the
     trained twin; None on the other ranks."""

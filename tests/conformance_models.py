@@ -30,8 +30,8 @@ configurations that these versions cannot build are noted where they would be.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import timm
 import torch
@@ -79,7 +79,12 @@ def _seeded(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
 
 # ViT-like: 32 px in 4 px patches = 64 patch tokens (+ CLS / distillation / register tokens), width 32, MLP 80.
 _VIT_KW = dict(
-    image_size=32, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+    image_size=32,
+    patch_size=4,
+    num_channels=3,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=2,
     num_labels=NUM_LABELS,
 )
 
@@ -123,8 +128,15 @@ def _dinov2_registers():
 # does not support (its relative position bias keeps the configured window: a size-mismatch error in attention),
 # and SwinV2 would shrink its window to 2 (a 3x3 relative-coordinate table).
 _SWIN_KW = dict(
-    image_size=32, patch_size=2, num_channels=3, embed_dim=24, depths=[2, 2, 2], num_heads=[2, 2, 2],
-    window_size=4, mlp_ratio=2.0, num_labels=NUM_LABELS,
+    image_size=32,
+    patch_size=2,
+    num_channels=3,
+    embed_dim=24,
+    depths=[2, 2, 2],
+    num_heads=[2, 2, 2],
+    window_size=4,
+    mlp_ratio=2.0,
+    num_labels=NUM_LABELS,
 )
 
 
@@ -142,7 +154,11 @@ def _swinv2():
 
 # ConvNeXt: 2 px stem -> 16, 8, 4, 2 px stages with widths 24, 40, 48, 56.
 _CONVNEXT_KW = dict(
-    num_channels=3, patch_size=2, hidden_sizes=[24, 40, 48, 56], depths=[1, 1, 2, 1], image_size=32,
+    num_channels=3,
+    patch_size=2,
+    hidden_sizes=[24, 40, 48, 56],
+    depths=[1, 1, 2, 1],
+    image_size=32,
     num_labels=NUM_LABELS,
 )
 
@@ -164,8 +180,12 @@ def _resnet():
 
     # stem 24 @ 16 px, max-pool -> 8 px; bottleneck stages 48, 80, 96, 112 (inner 12, 20, 24, 28) @ 8, 4, 2, 1 px
     config = ResNetConfig(
-        num_channels=3, embedding_size=24, hidden_sizes=[48, 80, 96, 112], depths=[1, 1, 2, 1],
-        layer_type="bottleneck", num_labels=NUM_LABELS,
+        num_channels=3,
+        embedding_size=24,
+        hidden_sizes=[48, 80, 96, 112],
+        depths=[1, 1, 2, 1],
+        layer_type="bottleneck",
+        num_labels=NUM_LABELS,
     )
     return ResNetForImageClassification(config)
 
@@ -175,8 +195,13 @@ def _regnet():
 
     # stem 24 @ 16 px; Y-blocks (SE) 24, 48, 72, 96 @ 8, 4, 2, 1 px, groups of 8 channels
     config = RegNetConfig(
-        num_channels=3, embedding_size=24, hidden_sizes=[24, 48, 72, 96], depths=[1, 1, 2, 1], groups_width=8,
-        layer_type="y", num_labels=NUM_LABELS,
+        num_channels=3,
+        embedding_size=24,
+        hidden_sizes=[24, 48, 72, 96],
+        depths=[1, 1, 2, 1],
+        groups_width=8,
+        layer_type="y",
+        num_labels=NUM_LABELS,
     )
     return RegNetForImageClassification(config)
 
@@ -187,9 +212,18 @@ def _efficientnet():
     # stem 32 @ 16 px; MBConv blocks 24 @ 16, 40 @ 8, 48 x2 @ 4, 56 @ 2 px; head conv to 1280 (= hidden_dim,
     # which the width coefficient 1.0 fixes)
     config = EfficientNetConfig(
-        num_channels=3, image_size=32, width_coefficient=1.0, depth_coefficient=1.0, kernel_sizes=[3, 3, 5, 3],
-        in_channels=[32, 24, 40, 48], out_channels=[24, 40, 48, 56], strides=[1, 2, 2, 2],
-        num_block_repeats=[1, 1, 2, 1], expand_ratios=[1, 6, 6, 6], hidden_dim=1280, num_labels=NUM_LABELS,
+        num_channels=3,
+        image_size=32,
+        width_coefficient=1.0,
+        depth_coefficient=1.0,
+        kernel_sizes=[3, 3, 5, 3],
+        in_channels=[32, 24, 40, 48],
+        out_channels=[24, 40, 48, 56],
+        strides=[1, 2, 2, 2],
+        num_block_repeats=[1, 1, 2, 1],
+        expand_ratios=[1, 6, 6, 6],
+        hidden_dim=1280,
+        num_labels=NUM_LABELS,
     )
     return EfficientNetForImageClassification(config)
 
@@ -200,7 +234,11 @@ def _mobilenet_v2():
     # The 17 blocks are fixed; multiplier 0.5 rounded to multiples of 6 gives widths 18 (stem) @ 16 px, 8 @ 16,
     # 12 @ 8, 18 @ 4, 30 and 48 @ 2, 80 and 160 @ 1 px (none equal to a spatial size).
     config = MobileNetV2Config(
-        num_channels=3, image_size=32, depth_multiplier=0.5, depth_divisible_by=6, finegrained_output=False,
+        num_channels=3,
+        image_size=32,
+        depth_multiplier=0.5,
+        depth_divisible_by=6,
+        finegrained_output=False,
         num_labels=NUM_LABELS,
     )
     return MobileNetV2ForImageClassification(config)
@@ -212,8 +250,16 @@ def _levit():
     # LeViT's stem divides by 16, so 64 px: 4x4, 2x2, 1x1 token grids with widths 40, 56, 72 (32 px would leave
     # a 2x2 grid for the first stage and nothing to subsample).
     config = LevitConfig(
-        image_size=64, num_channels=3, patch_size=16, hidden_sizes=[40, 56, 72], num_attention_heads=[2, 2, 2],
-        depths=[2, 2, 2], key_dim=[8, 8, 8], mlp_ratio=[2, 2, 2], attention_ratio=[2, 2, 2], num_labels=NUM_LABELS,
+        image_size=64,
+        num_channels=3,
+        patch_size=16,
+        hidden_sizes=[40, 56, 72],
+        num_attention_heads=[2, 2, 2],
+        depths=[2, 2, 2],
+        key_dim=[8, 8, 8],
+        mlp_ratio=[2, 2, 2],
+        attention_ratio=[2, 2, 2],
+        num_labels=NUM_LABELS,
     )
     return LevitForImageClassification(config)
 
@@ -223,8 +269,14 @@ def _hiera():
 
     # 4 px patch stride -> 8x8 tokens, query pooling to 4x4, 2x2, 1x1; widths 24, 48, 96, 192
     config = HieraConfig(
-        image_size=[32, 32], embed_dim=24, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 2], mlp_ratio=2.0,
-        num_query_pool=3, masked_unit_size=[8, 8], num_labels=NUM_LABELS,
+        image_size=[32, 32],
+        embed_dim=24,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 2, 2],
+        mlp_ratio=2.0,
+        num_query_pool=3,
+        masked_unit_size=[8, 8],
+        num_labels=NUM_LABELS,
     )
     return HieraForImageClassification(config)
 
@@ -234,8 +286,14 @@ def _pvt_v2():
 
     # overlapping patch embeddings /4, /2, /2, /2 -> 8x8, 4x4, 2x2, 1x1 with widths 24, 40, 48, 56
     config = PvtV2Config(
-        image_size=32, num_channels=3, num_encoder_blocks=4, depths=[1, 1, 2, 1], sr_ratios=[8, 4, 2, 1],
-        hidden_sizes=[24, 40, 48, 56], num_attention_heads=[1, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
+        image_size=32,
+        num_channels=3,
+        num_encoder_blocks=4,
+        depths=[1, 1, 2, 1],
+        sr_ratios=[8, 4, 2, 1],
+        hidden_sizes=[24, 40, 48, 56],
+        num_attention_heads=[1, 2, 2, 2],
+        mlp_ratios=[2, 2, 2, 2],
         num_labels=NUM_LABELS,
     )
     return PvtV2ForImageClassification(config)
@@ -259,8 +317,13 @@ def _mobilevit():
     # stem /2 -> 32x32 at 64 px; conv widths 24, 40 @ 32, 48 @ 16, 56 @ 8, 72 @ 4, 88 @ 2, 160 (1x1 expansion);
     # transformer widths 48, 64, 80 over 2x2 patches. 64 px, not 32: at 32 the last stage is 1x1, smaller than a patch.
     config = MobileViTConfig(
-        num_channels=3, image_size=64, patch_size=2, hidden_sizes=[48, 64, 80],
-        neck_hidden_sizes=[24, 40, 48, 56, 72, 88, 160], num_attention_heads=2, expand_ratio=2.0,
+        num_channels=3,
+        image_size=64,
+        patch_size=2,
+        hidden_sizes=[48, 64, 80],
+        neck_hidden_sizes=[24, 40, 48, 56, 72, 88, 160],
+        num_attention_heads=2,
+        expand_ratio=2.0,
         num_labels=NUM_LABELS,
     )
     return MobileViTForImageClassification(config)
@@ -279,8 +342,13 @@ def _bit():
 
     # pre-activation bottlenecks with weight standardisation and group norm (4 groups), as the ResNet above
     config = BitConfig(
-        num_channels=3, embedding_size=24, hidden_sizes=[48, 80, 96, 112], depths=[1, 1, 2, 1],
-        layer_type="preactivation", num_groups=4, num_labels=NUM_LABELS,
+        num_channels=3,
+        embedding_size=24,
+        hidden_sizes=[48, 80, 96, 112],
+        depths=[1, 1, 2, 1],
+        layer_type="preactivation",
+        num_groups=4,
+        num_labels=NUM_LABELS,
     )
     return BitForImageClassification(config)
 
@@ -290,9 +358,17 @@ def _focalnet():
 
     # 2 px patches -> 16, 8, 4, 2 px stages with widths 24, 48, 96, 192 (focal modulation instead of attention)
     config = FocalNetConfig(
-        image_size=32, patch_size=2, num_channels=3, embed_dim=24, hidden_sizes=[48, 96, 192, 192],
-        depths=[1, 1, 2, 1], focal_levels=[2, 2, 2, 2], focal_windows=[3, 3, 3, 3], mlp_ratio=2.0,
-        drop_path_rate=0.0, num_labels=NUM_LABELS,
+        image_size=32,
+        patch_size=2,
+        num_channels=3,
+        embed_dim=24,
+        hidden_sizes=[48, 96, 192, 192],
+        depths=[1, 1, 2, 1],
+        focal_levels=[2, 2, 2, 2],
+        focal_windows=[3, 3, 3, 3],
+        mlp_ratio=2.0,
+        drop_path_rate=0.0,
+        num_labels=NUM_LABELS,
     )
     return FocalNetForImageClassification(config)
 
@@ -302,9 +378,16 @@ def _segformer():
 
     # the Mix Transformer encoder, sized as the PVTv2 above
     config = SegformerConfig(
-        num_channels=3, num_encoder_blocks=4, depths=[1, 1, 2, 1], sr_ratios=[8, 4, 2, 1],
-        hidden_sizes=[24, 40, 48, 56], num_attention_heads=[1, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
-        drop_path_rate=0.0, decoder_hidden_size=64, num_labels=NUM_LABELS,
+        num_channels=3,
+        num_encoder_blocks=4,
+        depths=[1, 1, 2, 1],
+        sr_ratios=[8, 4, 2, 1],
+        hidden_sizes=[24, 40, 48, 56],
+        num_attention_heads=[1, 2, 2, 2],
+        mlp_ratios=[2, 2, 2, 2],
+        drop_path_rate=0.0,
+        decoder_hidden_size=64,
+        num_labels=NUM_LABELS,
     )
     return SegformerForImageClassification(config)
 
@@ -314,7 +397,11 @@ def _poolformer():
 
     # patch embeddings /4, /2, /2, /2 -> 8, 4, 2, 1 px with widths 24, 40, 48, 56 (pooling as the token mixer)
     config = PoolFormerConfig(
-        num_channels=3, hidden_sizes=[24, 40, 48, 56], depths=[1, 1, 2, 1], mlp_ratio=2.0, num_labels=NUM_LABELS,
+        num_channels=3,
+        hidden_sizes=[24, 40, 48, 56],
+        depths=[1, 1, 2, 1],
+        mlp_ratio=2.0,
+        num_labels=NUM_LABELS,
     )
     return PoolFormerForImageClassification(config)
 
@@ -325,18 +412,35 @@ def _cvt():
     # convolutional token embeddings /4, /2, /2 -> 8x8, 4x4, 2x2 tokens with widths 24, 48, 96; CLS in the last
     # stage. Stage i needs more than i layers (transformers' CvtStage indexes its drop-path list by stage), so 1, 2, 4.
     config = CvtConfig(
-        num_channels=3, embed_dim=[24, 48, 96], num_heads=[1, 2, 2], depth=[1, 2, 4], mlp_ratio=[2.0, 2.0, 2.0],
-        drop_path_rate=[0.0, 0.0, 0.0], num_labels=NUM_LABELS,
+        num_channels=3,
+        embed_dim=[24, 48, 96],
+        num_heads=[1, 2, 2],
+        depth=[1, 2, 4],
+        mlp_ratio=[2.0, 2.0, 2.0],
+        drop_path_rate=[0.0, 0.0, 0.0],
+        num_labels=NUM_LABELS,
     )
     return CvtForImageClassification(config)
 
 
 _TEXT_TOWER = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2,
-    max_position_embeddings=MAX_POS, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=MAX_POS,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 _VISION_TOWER = dict(
-    image_size=32, patch_size=4, num_channels=3, hidden_size=32, intermediate_size=80, num_hidden_layers=4,
+    image_size=32,
+    patch_size=4,
+    num_channels=3,
+    hidden_size=32,
+    intermediate_size=80,
+    num_hidden_layers=4,
     num_attention_heads=2,
 )
 
@@ -346,7 +450,10 @@ def _clip():
 
     # only the vision tower is built; the (unused) text config is tiny too
     config = CLIPConfig(
-        text_config=_TEXT_TOWER, vision_config=_VISION_TOWER, projection_dim=32, num_labels=NUM_LABELS,
+        text_config=_TEXT_TOWER,
+        vision_config=_VISION_TOWER,
+        projection_dim=32,
+        num_labels=NUM_LABELS,
     )
     return CLIPForImageClassification(config)
 
@@ -363,8 +470,13 @@ def _siglip():
 # ---------------------------------------------------------------------------------------------------------------
 
 _ENC_KW = dict(
-    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=80,
-    max_position_embeddings=MAX_POS, num_labels=NUM_LABELS,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    intermediate_size=80,
+    max_position_embeddings=MAX_POS,
+    num_labels=NUM_LABELS,
 )
 
 
@@ -392,8 +504,14 @@ def _distilbert():
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     config = DistilBertConfig(
-        vocab_size=VOCAB, dim=32, n_layers=4, n_heads=2, hidden_dim=80, max_position_embeddings=MAX_POS,
-        pad_token_id=0, num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        dim=32,
+        n_layers=4,
+        n_heads=2,
+        hidden_dim=80,
+        max_position_embeddings=MAX_POS,
+        pad_token_id=0,
+        num_labels=NUM_LABELS,
     )
     return DistilBertForSequenceClassification(config)
 
@@ -413,8 +531,14 @@ def _deberta_v2():
 
     # as microsoft/deberta-v3-*: relative attention with log buckets, no absolute position embedding
     config = DebertaV2Config(
-        relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False, position_buckets=20,
-        max_relative_positions=-1, norm_rel_ebd="layer_norm", pad_token_id=0, **_ENC_KW,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        position_buckets=20,
+        max_relative_positions=-1,
+        norm_rel_ebd="layer_norm",
+        pad_token_id=0,
+        **_ENC_KW,
     )
     return DebertaV2ForSequenceClassification(config)
 
@@ -448,9 +572,20 @@ def _modernbert():
 
     # alternating global / local (sliding window of 8) attention, every 2nd layer global
     config = ModernBertConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=80, num_hidden_layers=4, num_attention_heads=2,
-        max_position_embeddings=MAX_POS, global_attn_every_n_layers=2, local_attention=8,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=80,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_POS,
+        global_attn_every_n_layers=2,
+        local_attention=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+        num_labels=NUM_LABELS,
     )
     return ModernBertForSequenceClassification(config)
 
@@ -487,7 +622,13 @@ def _funnel():
 
     # two blocks of 2 layers; between them the sequence is mean-pooled 10 -> 5 tokens (CLS kept apart)
     config = FunnelConfig(
-        vocab_size=VOCAB, block_sizes=[2, 2], d_model=32, n_head=2, d_head=16, d_inner=80, pad_token_id=0,
+        vocab_size=VOCAB,
+        block_sizes=[2, 2],
+        d_model=32,
+        n_head=2,
+        d_head=16,
+        d_inner=80,
+        pad_token_id=0,
         num_labels=NUM_LABELS,
     )
     return FunnelForSequenceClassification(config)
@@ -499,8 +640,16 @@ def _xlnet():
     # summary_type="last": classifies the last position, which is where XLNet's tokenizer puts <cls> (it pads on
     # the left). make_inputs pads on the right, so for padded rows it classifies a pad position (note at ARCHS).
     config = XLNetConfig(
-        vocab_size=VOCAB, d_model=32, n_layer=4, n_head=2, d_inner=80, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, mem_len=None, num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        d_model=32,
+        n_layer=4,
+        n_head=2,
+        d_inner=80,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        mem_len=None,
+        num_labels=NUM_LABELS,
     )
     return XLNetForSequenceClassification(config)
 
@@ -521,8 +670,16 @@ def _longformer():
 # ---------------------------------------------------------------------------------------------------------------
 
 _DEC_KW = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=80, num_hidden_layers=4, num_attention_heads=2,
-    max_position_embeddings=MAX_POS, pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=NUM_LABELS,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=80,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    max_position_embeddings=MAX_POS,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    num_labels=NUM_LABELS,
 )
 _GQA = dict(num_key_value_heads=1)  # 2 query heads share 1 key/value head
 
@@ -576,8 +733,16 @@ def _gpt2():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=MAX_POS, n_embd=32, n_layer=4, n_head=2, n_inner=80,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        n_positions=MAX_POS,
+        n_embd=32,
+        n_layer=4,
+        n_head=2,
+        n_inner=80,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        num_labels=NUM_LABELS,
     )
     return GPT2ForSequenceClassification(config)
 
@@ -595,8 +760,16 @@ def _opt():
     from transformers import OPTConfig, OPTForSequenceClassification
 
     config = OPTConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, ffn_dim=80, num_attention_heads=2,
-        max_position_embeddings=MAX_POS, pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=4,
+        ffn_dim=80,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_POS,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        num_labels=NUM_LABELS,
     )
     return OPTForSequenceClassification(config)
 
@@ -613,9 +786,18 @@ def _falcon():
 
     # the new decoder architecture (Falcon 40B/180B-style: grouped KV heads, parallel attention)
     config = FalconConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_kv_heads=1,
-        new_decoder_architecture=True, ffn_hidden_size=80, max_position_embeddings=MAX_POS,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_kv_heads=1,
+        new_decoder_architecture=True,
+        ffn_hidden_size=80,
+        max_position_embeddings=MAX_POS,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        num_labels=NUM_LABELS,
     )
     return FalconForSequenceClassification(config)
 
@@ -625,7 +807,13 @@ def _bloom():
 
     # ALiBi position biases, no position embedding
     config = BloomConfig(
-        vocab_size=VOCAB, hidden_size=32, n_layer=4, n_head=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        n_layer=4,
+        n_head=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
         num_labels=NUM_LABELS,
     )
     return BloomForSequenceClassification(config)
@@ -635,8 +823,17 @@ def _gptj():
     from transformers import GPTJConfig, GPTJForSequenceClassification
 
     config = GPTJConfig(
-        vocab_size=VOCAB, n_positions=MAX_POS, n_embd=32, n_layer=4, n_head=2, rotary_dim=8, n_inner=80,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        n_positions=MAX_POS,
+        n_embd=32,
+        n_layer=4,
+        n_head=2,
+        rotary_dim=8,
+        n_inner=80,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        num_labels=NUM_LABELS,
     )
     return GPTJForSequenceClassification(config)
 
@@ -690,8 +887,17 @@ def _gpt_bigcode():
 
     # StarCoder's multi-query attention
     config = GPTBigCodeConfig(
-        vocab_size=VOCAB, n_positions=MAX_POS, n_embd=32, n_layer=4, n_head=2, n_inner=80, multi_query=True,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        n_positions=MAX_POS,
+        n_embd=32,
+        n_layer=4,
+        n_head=2,
+        n_inner=80,
+        multi_query=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        num_labels=NUM_LABELS,
     )
     return GPTBigCodeForSequenceClassification(config)
 
@@ -702,12 +908,22 @@ def _gpt_oss():
     # attention sinks, alternating sliding-window (8) / full layers, 8 experts with 2 per token
     # YaRN rope as released, rescaled so that original x factor = max_position_embeddings
     rope = dict(
-        rope_type="yarn", factor=2.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
-        original_max_position_embeddings=MAX_POS // 2, rope_theta=150000.0,
+        rope_type="yarn",
+        factor=2.0,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        truncate=False,
+        original_max_position_embeddings=MAX_POS // 2,
+        rope_theta=150000.0,
     )
     config = GptOssConfig(
-        head_dim=16, num_local_experts=8, num_experts_per_tok=2, sliding_window=8, rope_parameters=rope,
-        **_GQA, **_DEC_KW,
+        head_dim=16,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        rope_parameters=rope,
+        **_GQA,
+        **_DEC_KW,
     )
     return GptOssForSequenceClassification(config)
 
@@ -743,13 +959,15 @@ _TIMM = [
     ("regnetx_002", "regnetx_002", dict(), 32),
     # 4 px patches -> 64 tokens + CLS, width 48, rotary position embedding on the 8x8 grid, SwiGLU MLP
     (
-        "eva02", "eva02_tiny_patch14_224",
+        "eva02",
+        "eva02_tiny_patch14_224",
         dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=2, ref_feat_shape=(8, 8)),
         32,
     ),
     # as the transformers Swin above (3 stages 24, 48, 96 @ 16, 8, 4), in timm's channels-last layout
     (
-        "swin", "swin_tiny_patch4_window7_224",
+        "swin",
+        "swin_tiny_patch4_window7_224",
         dict(img_size=32, patch_size=2, window_size=4, embed_dim=24, depths=(2, 2, 2), num_heads=(2, 2, 2)),
         32,
     ),
@@ -759,19 +977,24 @@ _TIMM = [
     # beyond the required list
     # DeiT with its distillation token and head (eval averages the two heads)
     (
-        "deit-distilled", "deit_tiny_distilled_patch16_224",
-        dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=2), 32,
+        "deit-distilled",
+        "deit_tiny_distilled_patch16_224",
+        dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=2),
+        32,
     ),
     # ViT without a class token, average-pooled (as vit_*_gap and many SigLIP-style timm models)
     (
-        "vit-gap", "vit_tiny_patch16_224",
+        "vit-gap",
+        "vit_tiny_patch16_224",
         dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=2, class_token=False, global_pool="avg"),
         32,
     ),
     # ViT with 2 register tokens
     (
-        "vit-reg", "vit_tiny_patch16_224",
-        dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=2, reg_tokens=2), 32,
+        "vit-reg",
+        "vit_tiny_patch16_224",
+        dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=2, reg_tokens=2),
+        32,
     ),
     ("convnextv2_atto", "convnextv2_atto", dict(depths=(1, 1, 2, 1), dims=(24, 40, 48, 56)), 32),
     # bottleneck ResNet-D: deep stem 24, 24, 48 @ 16 px; stages 96, 160, 192, 224 (inner 24, 40, 48, 56)
@@ -785,12 +1008,15 @@ _TIMM = [
     ("efficientvit_b0", "efficientvit_b0", dict(head_widths=(160, 192)), 32),
     # at 64 px (stem /16): 4x4, 2x2, 1x1 tokens with widths 40, 56, 72
     (
-        "levit_128s", "levit_128s",
-        dict(img_size=64, embed_dim=(40, 56, 72), key_dim=8, num_heads=(2, 2, 2), depth=(2, 2, 2)), 64,
+        "levit_128s",
+        "levit_128s",
+        dict(img_size=64, embed_dim=(40, 56, 72), key_dim=8, num_heads=(2, 2, 2), depth=(2, 2, 2)),
+        64,
     ),
     # stem /4 -> 8, 4, 2, 1 px with widths 24, 40, 48, 56 (MBConv first stage, windowed attention after)
     (
-        "tiny_vit_5m_224", "tiny_vit_5m_224",
+        "tiny_vit_5m_224",
+        "tiny_vit_5m_224",
         dict(embed_dims=(24, 40, 48, 56), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2), window_sizes=(4, 4, 2, 1)),
         32,
     ),
@@ -904,8 +1130,8 @@ def make_inputs(arch: Arch, batch: int = 4, seed: int = 0, pad: int = 0) -> dict
     input_ids = torch.randint(3, arch.vocab_size, (batch, SEQ_LEN), generator=g)
     attention_mask = torch.ones_like(input_ids)
     if pad:
-        attention_mask[1:, SEQ_LEN - pad:] = 0
-        input_ids[1:, SEQ_LEN - pad:] = arch.pad_token_id
+        attention_mask[1:, SEQ_LEN - pad :] = 0
+        input_ids[1:, SEQ_LEN - pad :] = arch.pad_token_id
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from torch import nn
 from tiny_models import BUILDERS, build, logits_of, loss_of, make_inputs
+from torch import nn
 
 import skipcollapse
 from skipcollapse import SkipCollapseConfig
@@ -303,7 +303,9 @@ def test_head_inputs_capture_the_fused_features_only_while_asked() -> None:
 
 
 def test_replace_on_a_wrapped_timm_model_returns_the_loss_for_the_trainer() -> None:
-    model = get_peft_model(skipcollapse.TimmImageClassifier(build("timm-efficientnet")), SkipCollapseConfig(fusion="replace"))
+    model = get_peft_model(
+        skipcollapse.TimmImageClassifier(build("timm-efficientnet")), SkipCollapseConfig(fusion="replace")
+    )
     pixels = make_inputs("timm-efficientnet")["x"]
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     out = model(pixel_values=pixels, labels=labels)

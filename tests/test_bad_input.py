@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from torch import nn
 from tiny_models import build
+from torch import nn
 
 from skipcollapse import SkipCollapseConfig
 
@@ -68,7 +68,11 @@ class _Custom(nn.Module):
 
 
 def test_unsupported_model_without_names_says_which_fields_to_set() -> None:
-    with pytest.raises(ValueError, match=r"cannot find the blocks and the classifier head of _Custom.*set source_layer \(a module name\), head_module in"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot find the blocks and the classifier head of _Custom"
+        r".*set source_layer \(a module name\), head_module in",
+    ):
         get_peft_model(_Custom(), SkipCollapseConfig())
 
 
@@ -84,7 +88,10 @@ def test_any_module_works_with_explicit_names() -> None:
 
 def test_adapter_refuses_a_different_base_architecture(tmp_path) -> None:
     get_peft_model(build("hf-bert"), SkipCollapseConfig()).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"created for a BertForSequenceClassification, but the model is a RobertaForSequenceClassification"):
+    with pytest.raises(
+        ValueError,
+        match=r"created for a BertForSequenceClassification, but the model is a RobertaForSequenceClassification",
+    ):
         PeftModel.from_pretrained(build("hf-roberta"), tmp_path)
 
 
@@ -105,11 +112,22 @@ def test_config_fields_are_checked_at_construction() -> None:
         SkipCollapseConfig(modules_to_save=["ok", 7])
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(num_labels=5), r"trained for 3 classes.*num_labels=3"),
-    (dict(hidden_size=48, intermediate_size=64), r"trained on a BertForSequenceClassification where 'bert.encoder.layer.2' gave 32 features; this model has 48 there"),
-    (dict(num_hidden_layers=2), r"trained on a BertForSequenceClassification where source_layer was 'bert.encoder.layer.2'; this model has no such module. Load the adapter onto the base model it was trained on"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(num_labels=5), r"trained for 3 classes.*num_labels=3"),
+        (
+            dict(hidden_size=48, intermediate_size=64),
+            r"trained on a BertForSequenceClassification where 'bert.encoder.layer.2' gave 32 features; "
+            r"this model has 48 there",
+        ),
+        (
+            dict(num_hidden_layers=2),
+            r"trained on a BertForSequenceClassification where source_layer was 'bert.encoder.layer.2'; "
+            r"this model has no such module. Load the adapter onto the base model it was trained on",
+        ),
+    ],
+)
 def test_loading_onto_another_base_names_the_mismatch(change: dict, message: str, tmp_path) -> None:
     from peft import PeftModel
     from transformers import BertConfig, BertForSequenceClassification
@@ -124,18 +142,26 @@ def test_loading_onto_another_base_names_the_mismatch(change: dict, message: str
 
 
 def test_a_pooling_that_does_not_fit_the_source_is_refused_at_creation() -> None:
-    with pytest.raises(ValueError, match=r"pooling='cls' does not fit ResNet.*outputs \(2, 192, 10, 10\); use pooling='avg'"):
+    with pytest.raises(
+        ValueError, match=r"pooling='cls' does not fit ResNet.*outputs \(2, 192, 10, 10\); use pooling='avg'"
+    ):
         get_peft_model(build("timm-resnet"), SkipCollapseConfig(pooling="cls"))
     from conformance_models import ARCHS_BY_NAME
 
-    with pytest.raises(ValueError, match=r"pooling='cls' does not fit LlamaForSequenceClassification: the head runs on "
-                                         r"every token.*use pooling='per_token'"):
+    with pytest.raises(
+        ValueError,
+        match=r"pooling='cls' does not fit LlamaForSequenceClassification: the head runs on "
+        r"every token.*use pooling='per_token'",
+    ):
         get_peft_model(ARCHS_BY_NAME["llama"].build(), SkipCollapseConfig(pooling="cls"))
 
 
 def test_a_source_dim_that_does_not_match_the_block_is_refused_at_creation() -> None:
-    with pytest.raises(ValueError, match=r"source_dim=7, but 'bert.encoder.layer.2' with pooling='cls' gives 32 "
-                                         r"features \(measured with an example batch\); set source_dim=32"):
+    with pytest.raises(
+        ValueError,
+        match=r"source_dim=7, but 'bert.encoder.layer.2' with pooling='cls' gives 32 "
+        r"features \(measured with an example batch\); set source_dim=32",
+    ):
         get_peft_model(build("hf-bert"), SkipCollapseConfig(source_dim=7))
 
 

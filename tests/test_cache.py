@@ -58,7 +58,7 @@ def adapted(family: str, *, seed: int = 0, wrap: bool = False, **config) -> Peft
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, SkipCollapseConfig(**config))
     with torch.no_grad():
-        for name, param in peft_model.named_parameters():
+        for _name, param in peft_model.named_parameters():
             if param.requires_grad:
                 param.add_(0.1 * torch.randn_like(param))
     return peft_model
@@ -137,8 +137,15 @@ def test_optimizer_steps_from_cache_equal_uncached(family: str, fusion: str) -> 
 def test_trainer_from_cache_equals_trainer_without_and_saves_the_adapter(tmp_path) -> None:
     data = PixelExamples("timm-efficientnet", n=16)
     args = dict(
-        per_device_train_batch_size=4, max_steps=3, learning_rate=1e-2, report_to=[], use_cpu=True,
-        save_strategy="no", seed=0, dataloader_num_workers=0, disable_tqdm=True,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     plain = adapted("timm-efficientnet", wrap=True, fusion="add")
     Trainer(model=plain, args=TrainingArguments(output_dir=str(tmp_path / "a"), **args), train_dataset=data).train()
@@ -244,7 +251,9 @@ def test_trainable_prefix_is_refused() -> None:
 def test_add_fusion_on_a_family_without_suffix_runner_suggests_replace() -> None:
     data = Examples("hf-convnext")
     model = adapted("hf-convnext", fusion="add")
-    with pytest.raises(NotImplementedError, match=r"(?s)EfficientNet.*not for ConvNextForImageClassification.*fusion='replace'"):
+    with pytest.raises(
+        NotImplementedError, match=r"(?s)EfficientNet.*not for ConvNextForImageClassification.*fusion='replace'"
+    ):
         CachedSkipModel(model, build_prefix_cache(model, data))
     replace = adapted("hf-convnext", fusion="replace").eval()
     cached = CachedSkipModel(replace, build_prefix_cache(replace, data)).eval()
@@ -286,7 +295,8 @@ class _OneChanged(Examples):
 
 
 class _RarelyAugmented(Examples):
-    """Only example 19 of 40 is augmented: a sample of a few evenly spaced examples (0, 6, 11, 17, 22, ...) misses it."""
+    """Only example 19 of 40 is augmented: a sample of a few evenly spaced examples (0, 6, 11, 17, 22, ...) misses
+    it."""
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = super().__getitem__(i)

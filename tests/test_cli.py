@@ -26,8 +26,16 @@ def save_tiny_vit(path: Path, seed: int) -> str:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=3,
-                       num_attention_heads=4, intermediate_size=64, num_labels=10)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=10,
+    )
     ViTForImageClassification(config).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return str(path)
@@ -39,8 +47,25 @@ RECOMMENDED = re.compile(r"Recommended SCL-FT source block: (\S+) \(index (\d+)\
 def test_probe_command_on_a_local_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model_dir = save_tiny_vit(tmp_path / "vit", seed=0)
     out = tmp_path / "out"
-    assert main(["probe", "--model", model_dir, "--dataset", "digits", "--max-examples", "64",
-                 "--batch-size", "16", "--output-dir", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--model",
+                model_dir,
+                "--dataset",
+                "digits",
+                "--max-examples",
+                "64",
+                "--batch-size",
+                "16",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "64 training examples, 10 classes, cls pooling + vit.layernorm" in printed
     for i in range(3):
@@ -65,8 +90,20 @@ def test_probe_command_on_a_local_model(tmp_path: Path, capsys: pytest.CaptureFi
 def test_ranking_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     names = [save_tiny_vit(tmp_path / f"vit{s}", seed=s) for s in (0, 1)]
     out = tmp_path / "rank"
-    main(["probe", "--models", ",".join(names), "--dataset", "digits", "--max-examples", "60",
-          "--output-dir", str(out), "--no-progress"])
+    main(
+        [
+            "probe",
+            "--models",
+            ",".join(names),
+            "--dataset",
+            "digits",
+            "--max-examples",
+            "60",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ]
+    )
     with (out / "ranking.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(r["name"] for r in rows) == sorted(names)
@@ -79,8 +116,22 @@ def test_ranking_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_probe_command_on_embedded_efficientnet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The real ImageNet EfficientNet-Lite0 on scikit-learn digits, as a user runs it (small and low-res)."""
-    main(["probe", "--model", "efficientnet_lite0", "--dataset", "digits", "--max-examples", "64",
-          "--image-size", "32", "--output-dir", str(tmp_path), "--no-progress"])
+    main(
+        [
+            "probe",
+            "--model",
+            "efficientnet_lite0",
+            "--dataset",
+            "digits",
+            "--max-examples",
+            "64",
+            "--image-size",
+            "32",
+            "--output-dir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     payload = json.loads((tmp_path / "probe.json").read_text())
     assert len(payload["layers"]) == 16 and payload["pooling"] == "avg"
@@ -98,13 +149,23 @@ def test_recipe_in_two_processes_matches_one(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     args = ["--max-examples", "50", "--image-size", "32", "--batch-size", "8"]
     recipe = str(REPO / "recipes" / "probe_layers.py")
-    single = subprocess.run([sys.executable, recipe, *args, "--output-dir", str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [sys.executable, recipe, *args, "--output-dir", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     assert "Recommended SCL-FT source block" in single.stdout
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    double = subprocess.run([*launcher, recipe, *args, "--output-dir", str(tmp_path / "two")],
-                            env=env, capture_output=True, text=True, timeout=600)
+    double = subprocess.run(
+        [*launcher, recipe, *args, "--output-dir", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     assert "2 process(es)" in double.stdout
     one, two = (json.loads((tmp_path / d / "probe.json").read_text()) for d in ("one", "two"))
@@ -115,8 +176,9 @@ def test_recipe_in_two_processes_matches_one(tmp_path: Path) -> None:
             assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a["name"], key, a[key], b[key])
 
 
-@pytest.mark.parametrize("option,value", [("--image-size", "0"), ("--image-size", "-3"), ("--batch-size", "0"),
-                                          ("--max-examples", "0")])
+@pytest.mark.parametrize(
+    "option,value", [("--image-size", "0"), ("--image-size", "-3"), ("--batch-size", "0"), ("--max-examples", "0")]
+)
 def test_numeric_options_are_checked_before_any_work(option: str, value: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["probe", option, value])
@@ -134,8 +196,9 @@ def test_an_unwritable_output_folder_is_refused_before_the_probe_runs(tmp_path, 
 def test_an_interrupted_save_leaves_the_previous_files(tmp_path, monkeypatch) -> None:
     from skipcollapse.probe import LayerReport, LayerRow
 
-    report = LayerReport([LayerRow(0, "a", 4, 10, nc1=1.0), LayerRow(1, "b", 4, 10, nc1=0.5)], num_classes=2,
-                         pooling="avg")
+    report = LayerReport(
+        [LayerRow(0, "a", 4, 10, nc1=1.0), LayerRow(1, "b", 4, 10, nc1=0.5)], num_classes=2, pooling="avg"
+    )
     written = report.save(tmp_path)
     before = {p.name: p.read_bytes() for p in written}
 
@@ -143,8 +206,9 @@ def test_an_interrupted_save_leaves_the_previous_files(tmp_path, monkeypatch) ->
         raise KeyboardInterrupt
 
     monkeypatch.setattr(LayerReport, "plot", interrupted)  # Ctrl-C while the last of the three files is written
-    changed = LayerReport([LayerRow(0, "a", 4, 10, nc1=2.0), LayerRow(1, "b", 4, 10, nc1=3.0)], num_classes=2,
-                          pooling="avg")
+    changed = LayerReport(
+        [LayerRow(0, "a", 4, 10, nc1=2.0), LayerRow(1, "b", 4, 10, nc1=3.0)], num_classes=2, pooling="avg"
+    )
     with pytest.raises(KeyboardInterrupt):
         changed.save(tmp_path)
     assert {p.name: p.read_bytes() for p in written} == before  # the old set, not a new CSV beside an old PNG

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conformance_models import ARCHS, Arch, forward_logits, make_inputs
 from peft import PeftModel, get_peft_model
 from torch import nn
 
-from conformance_models import ARCHS, Arch, forward_logits, make_inputs
 from skipcollapse import SkipCollapseConfig
 from skipcollapse.adapter.architectures import infer_output_width
 from skipcollapse.adapter.layer import SkipSourceLayer, first_tensor
@@ -29,8 +29,21 @@ REFUSED = {
 
 # Variants that repeat a covered architecture's code path (same modeling file, same discovery rule) are kept out of
 # the fast suite; the list keeps every kind and every family the issue names.
-_REPEATS = ("opt", "phi", "falcon", "bloom", "gptj", "stablelm", "qwen3-moe", "mixtral", "olmo2", "gemma3-text",
-            "smollm3", "gpt-bigcode", "gpt-oss")
+_REPEATS = (
+    "opt",
+    "phi",
+    "falcon",
+    "bloom",
+    "gptj",
+    "stablelm",
+    "qwen3-moe",
+    "mixtral",
+    "olmo2",
+    "gemma3-text",
+    "smollm3",
+    "gpt-bigcode",
+    "gpt-oss",
+)
 # Not covered: the token these two classify is neither the first, nor a mean, nor every token (XLNet summarises its
 # last position, Funnel pools pairs of positions and drops the last one), and the plain models give a row other logits
 # when it is right-padded (`pads_consistently=False`); with source_layer, head_module and pooling named they run.
@@ -51,7 +64,9 @@ def _inputs(arch: Arch, batch: int = 4, pad: int = 0, seed: int = 0) -> dict[str
 
 def _row(inputs: dict[str, torch.Tensor], index: int, length: int | None = None) -> dict[str, torch.Tensor]:
     """Example `index` alone, without its padding (`length` real tokens)."""
-    return {k: v[index : index + 1, :length] if length is not None else v[index : index + 1] for k, v in inputs.items()}
+    return {
+        k: v[index : index + 1, :length] if length is not None else v[index : index + 1] for k, v in inputs.items()
+    }
 
 
 def _train(model: PeftModel, arch: Arch, steps: int = 3) -> None:
@@ -116,7 +131,8 @@ def test_adapter_conforms_with_no_names_given(arch: Arch, fusion: str, tmp_path)
     before = {k: [p.detach().clone() for p in v] for k, v in parts.items()}
     _train(model, arch)
     untrained = [
-        k for k, params in parts.items()
+        k
+        for k, params in parts.items()
         if all(torch.equal(p.detach(), b) for p, b in zip(params, before[k]))
         and not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
     ]

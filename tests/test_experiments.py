@@ -63,9 +63,12 @@ class _Untouchable:
 def tiny_experiment(tmp_path):
     setting = E.Setting(image_size=16, steps=2, batch_size=16, eval_every=1, validation_per_class=3)
     experiment = E.Experiment(
-        setting=setting, shots=["4"], seeds=[0, 1],
+        setting=setting,
+        shots=["4"],
+        seeds=[0, 1],
         search_space={"linear-probe": {"learning_rate": [1e-3, 1e-2]}, "scl-ft": {"learning_rate": [1e-3]}},
-        source_candidates=["timm_model.blocks.2.1", "timm_model.blocks.5.3"], path=tmp_path / "experiment.json",
+        source_candidates=["timm_model.blocks.2.1", "timm_model.blocks.5.3"],
+        path=tmp_path / "experiment.json",
     )
     experiment.save()
     return experiment
@@ -111,8 +114,10 @@ def test_cache_key_separates_settings_and_hyper_parameters() -> None:
     spec = E.RunSpec("scl-ft", "full", 0, 1e-3, source_layer="a")
     setting = E.Setting()
     keys = {
-        spec.key(setting), dataclasses.replace(spec, learning_rate=3e-3).key(setting),
-        dataclasses.replace(spec, seed=1).key(setting), spec.key(dataclasses.replace(setting, steps=101)),
+        spec.key(setting),
+        dataclasses.replace(spec, learning_rate=3e-3).key(setting),
+        dataclasses.replace(spec, seed=1).key(setting),
+        spec.key(dataclasses.replace(setting, steps=101)),
         dataclasses.replace(spec, evaluate_test=True).key(setting),
     }
     assert len(keys) == 5 and spec.key(setting) == E.RunSpec("scl-ft", "full", 0, 1e-3, source_layer="a").key(setting)
@@ -120,8 +125,11 @@ def test_cache_key_separates_settings_and_hyper_parameters() -> None:
 
 def test_experiment_file_errors_name_the_problem(tmp_path) -> None:
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"setting": {}, "shots": ["full"], "seeds": [0],
-                                "search_space": {"lorra": {"learning_rate": [1e-3]}}}))
+    path.write_text(
+        json.dumps(
+            {"setting": {}, "shots": ["full"], "seeds": [0], "search_space": {"lorra": {"learning_rate": [1e-3]}}}
+        )
+    )
     with pytest.raises(ValueError, match=r"unknown methods \['lorra'\]"):
         E.Experiment.load(path)
     with pytest.raises(FileNotFoundError, match="recipes/experiments"):

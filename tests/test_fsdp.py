@@ -19,7 +19,9 @@ WORKER = Path(__file__).with_name("_fsdp_worker.py")
 def test_sharded_adapter_trains_like_the_unsharded_one(tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run([*launcher, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*launcher, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for rank in range(2):
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())

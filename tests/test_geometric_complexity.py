@@ -77,9 +77,7 @@ def test_single_projection_estimates_average_to_exact(problem, projection):
     x = x[:4]
     exact = geometric_complexity(mlp, x, exact=True).item()
     gen = torch.Generator().manual_seed(42)
-    draws = torch.stack(
-        [geometric_complexity(mlp, x, 1, generator=gen, projection=projection) for _ in range(400)]
-    )
+    draws = torch.stack([geometric_complexity(mlp, x, 1, generator=gen, projection=projection) for _ in range(400)])
     stderr = draws.std().item() / 400**0.5
     assert draws.std().item() > 0  # really random
     assert abs(draws.mean().item() - exact) < 4 * stderr
@@ -96,9 +94,7 @@ def test_generator_makes_estimates_reproducible(problem):
 def test_batched_equals_one_sample_at_a_time(problem):
     mlp, x = problem
     batched = geometric_complexity(mlp, x, exact=True, reduction="none")
-    single = torch.cat(
-        [geometric_complexity(mlp, xi[None], exact=True, reduction="none") for xi in x]
-    )
+    single = torch.cat([geometric_complexity(mlp, xi[None], exact=True, reduction="none") for xi in x])
     assert torch.allclose(batched, single, rtol=1e-13, atol=0)
 
 

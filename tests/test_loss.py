@@ -272,10 +272,13 @@ def test_two_process_ddp_matches_single_process_global_batch(tmp_path):
         assert rank["logged_parts"]["second"] == pytest.approx({"ce": 1.0})
 
 
-@pytest.mark.parametrize("labels,message", [
-    (torch.tensor([0, 1, 5, 1]), r"integers in \[0, 3\).*\[5\]"),
-    (torch.tensor([0.0, 1.0, 2.0, 1.0]), "integer dtype"),
-])
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (torch.tensor([0, 1, 5, 1]), r"integers in \[0, 3\).*\[5\]"),
+        (torch.tensor([0.0, 1.0, 2.0, 1.0]), "integer dtype"),
+    ],
+)
 def test_penalty_refuses_labels_that_are_not_class_ids(labels: torch.Tensor, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         collapse_penalty(torch.randn(4, 3), labels, num_classes=3)
@@ -310,12 +313,15 @@ def test_loss_accepts_any_integer_label_dtype(lam: float, dtype: torch.dtype) ->
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.5])
-@pytest.mark.parametrize("labels,message", [
-    (torch.arange(8)[:, None] % 3, r"1-D tensor \[N\].*\(8, 1\).*squeeze"),
-    (torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]), r"integers in \[0, 3\).*\[3\]"),
-    (torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0]), "integer dtype"),
-    (torch.tensor([0, 1, 2, 0]), "4 rows but .* 8"),
-])
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (torch.arange(8)[:, None] % 3, r"1-D tensor \[N\].*\(8, 1\).*squeeze"),
+        (torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]), r"integers in \[0, 3\).*\[3\]"),
+        (torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0]), "integer dtype"),
+        (torch.tensor([0, 1, 2, 0]), "4 rows but .* 8"),
+    ],
+)
 def test_loss_refuses_labels_that_are_not_class_ids_of_the_logits(lam: float, labels, message: str) -> None:
     logits, features, _ = _logits_features_labels()
     with pytest.raises(ValueError, match=message):

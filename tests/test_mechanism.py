@@ -10,8 +10,8 @@ import warnings
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from torch import nn
 from tiny_models import build, logits_of, loss_of, make_inputs
+from torch import nn
 
 import skipcollapse
 from skipcollapse import SkipCollapseConfig
@@ -343,8 +343,9 @@ def test_a_wrapped_block_stays_a_drop_in_for_code_that_reads_its_attributes() ->
 def test_a_swin_stage_as_source_measures_its_width_and_stays_a_drop_in() -> None:
     from transformers import SwinConfig, SwinForImageClassification
 
-    config = SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2,
-                        num_labels=3)
+    config = SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2, num_labels=3
+    )
     pixels = torch.randn(2, 3, 32, 32)
     stage = dict(source_layer="swin.encoder.layers.0", head_module="classifier", pooling="mean")
     model = get_peft_model(SwinForImageClassification(config).eval(), SkipCollapseConfig(**stage))
@@ -515,7 +516,9 @@ def test_an_interrupted_call_leaves_no_scope_behind() -> None:
 def test_replace_on_a_model_no_example_batch_can_be_built_for() -> None:
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    model = get_peft_model(base, SkipCollapseConfig(source_layer="0", head_module="4", pooling="flatten", fusion="replace"))
+    model = get_peft_model(
+        base, SkipCollapseConfig(source_layer="0", head_module="4", pooling="flatten", fusion="replace")
+    )
     assert model(torch.randn(3, 4)).shape == (3, 2)
 
 

@@ -38,8 +38,7 @@ def reference_metrics(z, y, num_classes, head_weight=None, logits=None):
 
     var = {k: ((z[y == k] - mus[k]) ** 2).sum(dim=1).mean().item() for k in classes}
     ratios = [
-        (var[i] + var[j]) / (2 * ((mus[i] - mus[j]) ** 2).sum().item())
-        for i, j in itertools.permutations(classes, 2)
+        (var[i] + var[j]) / (2 * ((mus[i] - mus[j]) ** 2).sum().item()) for i, j in itertools.permutations(classes, 2)
     ]
     out["cdnv"] = sum(ratios) / len(ratios)
 
@@ -413,7 +412,9 @@ def test_a_large_common_offset_costs_no_precision(offset: float) -> None:
     g = torch.Generator().manual_seed(0)
     k, d, per = 4, 6, 50
     y = torch.arange(k).repeat_interleave(per)
-    z = torch.randn(k, d, generator=g, dtype=torch.float64)[y] + 0.3 * torch.randn(k * per, d, generator=g, dtype=torch.float64)
+    z = torch.randn(k, d, generator=g, dtype=torch.float64)[y] + 0.3 * torch.randn(
+        k * per, d, generator=g, dtype=torch.float64
+    )
     reference = _two_pass_reference(z, y, k)
     metric = CollapseMetrics(k)
     for part in torch.split(torch.arange(len(y)), 37):  # batch by batch

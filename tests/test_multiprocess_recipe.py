@@ -1,4 +1,5 @@
-"""The fine-tune recipe under `accelerate launch` with two real processes (gloo on CPU), with the collapse-aware loss."""
+"""The fine-tune recipe under `accelerate launch` with two real processes (gloo on CPU), with the collapse-aware
+loss."""
 
 from __future__ import annotations
 
@@ -29,10 +30,27 @@ def _free_port() -> int:
 def test_two_process_finetune_trains_evaluates_and_saves_an_adapter_that_loads_back(tmp_path) -> None:
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(ROOT / "recipes/accelerate/two_cpu_processes.yaml"), "--main_process_port", str(_free_port()),
-        str(ROOT / "recipes/finetune.py"), "--k-shot", "6", "--image-size", "32", "--epochs", "2",
-        "--batch-size", "8", "--nc-callback", "--collapse-lambda", "0.5", "--output-dir", str(out),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes/accelerate/two_cpu_processes.yaml"),
+        "--main_process_port",
+        str(_free_port()),
+        str(ROOT / "recipes/finetune.py"),
+        "--k-shot",
+        "6",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--nc-callback",
+        "--collapse-lambda",
+        "0.5",
+        "--output-dir",
+        str(out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

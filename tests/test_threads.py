@@ -7,10 +7,10 @@ import threading
 
 import pytest
 import torch
+from conformance_models import ARCHS_BY_NAME, forward_logits, make_inputs
 from peft import get_peft_model
 from torch import nn
 
-from conformance_models import ARCHS_BY_NAME, forward_logits, make_inputs
 from skipcollapse import SkipCollapseConfig
 
 CALLS = 200

@@ -31,8 +31,16 @@ def _accuracy(prediction) -> dict[str, float]:
 def test_trainer_trains_evaluates_and_saves(family: str, fusion: str, tmp_path) -> None:
     model = get_peft_model(build(family), SkipCollapseConfig(fusion=fusion))
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, per_device_eval_batch_size=8, max_steps=4,
-        learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=0,
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        max_steps=4,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
     )
     data = _Dicts(family)
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, compute_metrics=_accuracy)
@@ -71,8 +79,13 @@ with torch.no_grad():
 
 def kill(event, args):
     if (
-        (kill_at == "config" and event == "open" and isinstance(args[0], str) and args[0].endswith("adapter_config.json")
-         and "w" in str(args[1]))  # the weights are written, the config not yet
+        (
+            kill_at == "config"
+            and event == "open"
+            and isinstance(args[0], str)
+            and args[0].endswith("adapter_config.json")
+            and "w" in str(args[1])
+        )  # the weights are written, the config not yet
         or (kill_at == "swap" and event == "os.rename" and os.path.realpath(args[1]) == target)  # between the renames
         or (kill_at == "cleanup" and event == "shutil.rmtree")  # the new one is in place, the old one not deleted
     ):
@@ -106,8 +119,12 @@ def _killed_save(target, kill_at: str, saver: str) -> None:
     from pathlib import Path
 
     tests = str(Path(__file__).parent)
-    done = subprocess.run([sys.executable, "-c", KILLED_SAVE, tests, str(target), kill_at, saver],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, tests, str(target), kill_at, saver],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -9, done.stderr[-3000:]  # SIGKILL: no except or finally block ran
 
 

@@ -11,9 +11,9 @@ from tiny_models import build, make_inputs
 from transformers import Trainer, TrainingArguments
 
 from skipcollapse import (
-    HeadInputs,
     CollapseLossFunc,
     CollapseTrainer,
+    HeadInputs,
     NeuralCollapseCallback,
     SkipCollapseConfig,
     collapse_metrics,
@@ -25,8 +25,16 @@ NC_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf_distance", "
 
 def _args(tmp_path, **overrides) -> TrainingArguments:
     base = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=8, max_steps=2,
-        learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
     )
     return TrainingArguments(**{**base, **overrides})
 
@@ -98,8 +106,16 @@ def _trained_params(tmp_path, batch: int, accumulation: int, lam: float) -> dict
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     model = get_peft_model(base, SkipCollapseConfig())
-    args = _args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=1,
-                 learning_rate=1e-2, optim="sgd", lr_scheduler_type="constant", dataloader_drop_last=True)
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        learning_rate=1e-2,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        dataloader_drop_last=True,
+    )
     trainer = CollapseTrainer(model=model, args=args, train_dataset=_Dicts("hf-bert", n=8), collapse_lambda=lam)
     trainer.train()
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -168,8 +184,9 @@ def test_a_micro_batch_without_labelled_examples_does_not_turn_the_logged_parts_
 def test_geometric_complexity_regulariser_is_logged_and_trains(tmp_path) -> None:
     model = get_peft_model(build("hf-resnet"), SkipCollapseConfig())
     args = _args(tmp_path, max_steps=2)
-    trainer = CollapseTrainer(model=model, args=args, train_dataset=_Dicts("hf-resnet"), collapse_lambda=0.1,
-                              gc_lambda=0.01)
+    trainer = CollapseTrainer(
+        model=model, args=args, train_dataset=_Dicts("hf-resnet"), collapse_lambda=0.1, gc_lambda=0.01
+    )
     trainer.train()
     logged = [e for e in trainer.state.log_history if "geometric_complexity" in e]
     assert logged and all(e["geometric_complexity"] > 0 for e in logged)
@@ -182,8 +199,9 @@ class _Unlabelled(_Dicts):
 
 def test_callback_refuses_unlabelled_eval_data_before_the_first_step(tmp_path) -> None:
     model = get_peft_model(build("hf-vit"), SkipCollapseConfig())
-    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_Dicts("hf-vit"),
-                      eval_dataset=_Unlabelled("hf-vit"))
+    trainer = Trainer(
+        model=model, args=_args(tmp_path), train_dataset=_Dicts("hf-vit"), eval_dataset=_Unlabelled("hf-vit")
+    )
     trainer.add_callback(NeuralCollapseCallback(trainer))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with pytest.raises(ValueError, match="needs labelled examples.*eval_dataset"):
@@ -227,8 +245,9 @@ def test_collapse_trainer_applies_the_label_smoothing_of_the_training_arguments(
     args = dict(per_device_train_batch_size=24, max_steps=1, learning_rate=0.0, label_smoothing_factor=0.3)
     plain = Trainer(model=_vit_without_dropout(), args=_args(tmp_path / "plain", **args), train_dataset=data)
     plain.train()
-    ours = CollapseTrainer(model=_vit_without_dropout(), args=_args(tmp_path / "ours", **args), train_dataset=data,
-                           collapse_lambda=lam)
+    ours = CollapseTrainer(
+        model=_vit_without_dropout(), args=_args(tmp_path / "ours", **args), train_dataset=data, collapse_lambda=lam
+    )
     ours.train()
     smoothed, logged = _first_logged(plain)["loss"], _first_logged(ours)
     if lam:
@@ -238,20 +257,31 @@ def test_collapse_trainer_applies_the_label_smoothing_of_the_training_arguments(
         assert logged["loss"] == pytest.approx(smoothed, rel=1e-5)
 
 
-@pytest.mark.parametrize("func", [
-    lambda outputs, labels, num_items_in_batch=None: F.cross_entropy(outputs.logits, labels),
-    "collapse_loss_func_without_smoothing",
-])
+@pytest.mark.parametrize(
+    "func",
+    [
+        lambda outputs, labels, num_items_in_batch=None: F.cross_entropy(outputs.logits, labels),
+        "collapse_loss_func_without_smoothing",
+    ],
+)
 def test_collapse_trainer_refuses_label_smoothing_that_the_given_loss_would_not_apply(tmp_path, func) -> None:
     model = _vit_without_dropout()
     if func == "collapse_loss_func_without_smoothing":
         func = CollapseLossFunc(model, collapse_lambda=0.5)
     with pytest.raises(ValueError, match=r"label_smoothing_factor=0.3\).*compute_loss_func.*label_smoothing_factor=0"):
-        CollapseTrainer(model=model, args=_args(tmp_path, label_smoothing_factor=0.3), train_dataset=_Dicts("hf-vit"),
-                        compute_loss_func=func)
+        CollapseTrainer(
+            model=model,
+            args=_args(tmp_path, label_smoothing_factor=0.3),
+            train_dataset=_Dicts("hf-vit"),
+            compute_loss_func=func,
+        )
     matching = CollapseLossFunc(model, collapse_lambda=0.5, label_smoothing=0.3)  # applies it: accepted
-    CollapseTrainer(model=model, args=_args(tmp_path, label_smoothing_factor=0.3), train_dataset=_Dicts("hf-vit"),
-                    compute_loss_func=matching)
+    CollapseTrainer(
+        model=model,
+        args=_args(tmp_path, label_smoothing_factor=0.3),
+        train_dataset=_Dicts("hf-vit"),
+        compute_loss_func=matching,
+    )
 
 
 def test_geometric_complexity_regulariser_works_with_a_users_compute_loss_func(tmp_path) -> None:

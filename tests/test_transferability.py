@@ -77,8 +77,11 @@ def direct_log_evidence(f: np.ndarray, t: np.ndarray, alpha: float, beta: float)
     a = alpha * np.eye(d) + beta * f.T @ f
     m = beta * np.linalg.solve(a, f.T @ t)
     return (
-        0.5 * n * math.log(beta) + 0.5 * d * math.log(alpha) - 0.5 * n * math.log(2 * math.pi)
-        - 0.5 * beta * float(np.sum((f @ m - t) ** 2)) - 0.5 * alpha * float(m @ m)
+        0.5 * n * math.log(beta)
+        + 0.5 * d * math.log(alpha)
+        - 0.5 * n * math.log(2 * math.pi)
+        - 0.5 * beta * float(np.sum((f @ m - t) ** 2))
+        - 0.5 * alpha * float(m @ m)
         - 0.5 * np.linalg.slogdet(a)[1]
     )
 
@@ -90,8 +93,12 @@ def brute_force_logme(f: np.ndarray, y: np.ndarray) -> float:
         t = (y == label).astype(np.float64)
         best = -np.inf
         for start in ([0.0, 0.0], [3.0, -2.0], [-3.0, 3.0]):
-            result = minimize(lambda p: -direct_log_evidence(f, t, math.exp(p[0]), math.exp(p[1])), start,
-                              method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000})
+            result = minimize(
+                lambda p: -direct_log_evidence(f, t, math.exp(p[0]), math.exp(p[1])),
+                start,
+                method="Nelder-Mead",
+                options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000},
+            )
             best = max(best, -result.fun)
         total += best / len(y)
     return total / len(np.unique(y))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import timm
 import torch
@@ -15,8 +15,14 @@ def _hf_vit() -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
     config = ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=64, num_labels=NUM_LABELS,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=NUM_LABELS,
     )
     return ViTForImageClassification(config)
 
@@ -25,7 +31,11 @@ def _hf_resnet() -> nn.Module:
     from transformers import ResNetConfig, ResNetForImageClassification
 
     config = ResNetConfig(
-        num_channels=3, embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], layer_type="bottleneck",
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 2, 1],
+        layer_type="bottleneck",
         num_labels=NUM_LABELS,
     )
     return ResNetForImageClassification(config)
@@ -35,15 +45,24 @@ def _hf_convnext() -> nn.Module:
     from transformers import ConvNextConfig, ConvNextForImageClassification
 
     config = ConvNextConfig(
-        num_channels=3, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], num_labels=NUM_LABELS, patch_size=2,
+        num_channels=3,
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 2, 1],
+        num_labels=NUM_LABELS,
+        patch_size=2,
     )
     return ConvNextForImageClassification(config)
 
 
 def _text_kwargs() -> dict:
     return dict(
-        vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, num_labels=NUM_LABELS,
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=NUM_LABELS,
     )
 
 

@@ -4,6 +4,7 @@ Importing the package registers the method with peft, so ``get_peft_model(model,
 ``PeftModel.from_pretrained`` work like for LoRA.
 """
 
+from ._io import save_adapter_atomically
 from .adapter import PEFT_TYPE, SkipCollapseConfig, SkipCollapseModel, block_names, discover, register
 from .cache import CachedSkipModel, PrefixCache, build_prefix_cache
 from .collapse import (
@@ -16,8 +17,13 @@ from .collapse import (
     gc_penalty,
     geometric_complexity,
 )
-from .integrations import CollapseLossFunc, CollapseTrainer, NeuralCollapseCallback, TimmImageClassifier, measure_collapse
-from ._io import save_adapter_atomically
+from .integrations import (
+    CollapseLossFunc,
+    CollapseTrainer,
+    NeuralCollapseCallback,
+    TimmImageClassifier,
+    measure_collapse,
+)
 
 register()
 

@@ -6,9 +6,10 @@ import glob
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextmanager
@@ -45,7 +46,9 @@ def check_writable_folder(path: str | os.PathLike, option: str = "--output-dir")
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check."):
             pass
     except OSError as error:
-        raise ValueError(f"{option} {str(path)!r} is not a writable folder ({error.strerror}); choose another") from None
+        raise ValueError(
+            f"{option} {str(path)!r} is not a writable folder ({error.strerror}); choose another"
+        ) from None
     return path
 
 
@@ -90,7 +93,7 @@ def save_adapter_atomically(model: Any, directory: str | os.PathLike, **save_pre
     finish_interrupted_save(target)
     prefix = f".{target.name}.saving-"
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
-    old = target.parent / f".{target.name}.old-{staging.name[len(prefix):]}"
+    old = target.parent / f".{target.name}.old-{staging.name[len(prefix) :]}"
     try:
         model.save_pretrained(str(staging), **save_pretrained_kwargs)
         written = [path for path in staging.rglob("*") if path.is_file() and not path.is_symlink()]

@@ -21,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ class Architecture:
     final_norm: str = ""  # the model's norm after its last block over the feature axis, if it has one
 
 
-def discover(model: nn.Module) -> Optional[Architecture]:
+def discover(model: nn.Module) -> Architecture | None:
     """The blocks and head of `model`, or None when it is neither a timm nor a transformers classifier whose blocks
     and head can be found.
 
@@ -130,7 +130,7 @@ def _is_transformers_model(model: nn.Module) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------- timm
-def _timm_architecture(model: nn.Module) -> Optional[Architecture]:
+def _timm_architecture(model: nn.Module) -> Architecture | None:
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Module):
         return None  # distilled models (DeiT-distilled, LeViT) average two heads: no one linear layer to fuse at
@@ -160,7 +160,7 @@ def _matches_whole(patterns: list[re.Pattern], name: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ transformers
-def _transformers_architecture(model: nn.Module) -> Optional[Architecture]:
+def _transformers_architecture(model: nn.Module) -> Architecture | None:
     num_labels = getattr(model.config, "num_labels", None)
     blocks = _transformers_blocks(model)
     if not blocks:
@@ -224,9 +224,10 @@ def _task_head_modules(model: nn.Module, head: str, in_backbone: Callable[[str],
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(
-        module
-    ).__name__
+    return (
+        isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+        or "Norm" in type(module).__name__
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- shared
@@ -248,17 +249,17 @@ def _final_norm(model: nn.Module, blocks: list[str], head: str) -> str:
     return ""
 
 
-def norm_width(module: nn.Module) -> Optional[int]:
+def norm_width(module: nn.Module) -> int | None:
     """The feature width a final norm normalises (its weight's length)."""
     weight = getattr(module, "weight", None)
     return weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 1 else None
 
 
-def _name_of(model: nn.Module, target: nn.Module) -> Optional[str]:
+def _name_of(model: nn.Module, target: nn.Module) -> str | None:
     return next((name for name, module in _walk(model) if module is target), None)
 
 
-def infer_output_width(module: nn.Module) -> Optional[int]:
+def infer_output_width(module: nn.Module) -> int | None:
     """Channel/feature width of a block's output, read off its last width-carrying layer.
 
     Blocks end with a linear/conv layer or a norm over the output width (residual blocks, transformer layers,

@@ -8,12 +8,14 @@ saved with the adapter.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
 
-def frozen_batchnorms(model: nn.Module, owned_by_adapter: Callable[[str], object] = lambda name: False) -> list[nn.Module]:
+def frozen_batchnorms(
+    model: nn.Module, owned_by_adapter: Callable[[str], object] = lambda name: False
+) -> list[nn.Module]:
     """The BatchNorm layers of `model` that must stay in eval mode."""
     return [
         module

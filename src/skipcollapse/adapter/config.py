@@ -1,15 +1,16 @@
 """The peft config of Skip-Connection Layer Fine-Tuning (SCL-FT).
 
 The fields say *what* is adapted; `adapter.architectures` (what timm and transformers publish) and
-`adapter.measure` (one example forward) say *where* those things live in a given model and what shape they have. Fields left at ``None`` are filled in from the model when the adapter is injected, and the resolved
-values are what ``adapter_config.json`` stores, so a saved adapter names exactly the modules it was
+`adapter.measure` (one example forward) say *where* those things live in a given model and what shape they have.
+Fields left at ``None`` are filled in from the model when the adapter is injected, and the resolved values are what
+``adapter_config.json`` stores, so a saved adapter names exactly the modules it was
 trained on and refuses to load onto a different architecture.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from peft.config import PeftConfig
 
@@ -50,7 +51,7 @@ class SkipCollapseConfig(PeftConfig):
     True
     """
 
-    source_layer: Optional[Union[str, int]] = field(
+    source_layer: str | int | None = field(
         default=None,
         metadata={
             "help": (
@@ -79,19 +80,20 @@ class SkipCollapseConfig(PeftConfig):
             )
         },
     )
-    pooling: Optional[Literal["cls", "mean", "avg", "per_token", "flatten"]] = field(
+    pooling: Literal["cls", "mean", "avg", "per_token", "flatten"] | None = field(
         default=None,
         metadata={
             "help": (
                 "How the source block's output becomes what the head takes: 'cls' (first token of [B, T, D]), 'mean' "
-                "(mean over the real tokens, padding left out), 'avg' (global average over the spatial axes of a map), "
+                "(mean over the real tokens, padding left out), 'avg' (global average over the spatial axes of a "
+                "map), "
                 "'per_token' (every token: for heads that run on every token, as decoder classifiers' do, which then "
                 "pick the token they classify), 'flatten'. None does what the model does to its last block's output "
                 "(measured on an example batch)."
             )
         },
     )
-    channels_last: Optional[bool] = field(
+    channels_last: bool | None = field(
         default=None,
         metadata={
             "help": (
@@ -101,7 +103,7 @@ class SkipCollapseConfig(PeftConfig):
             )
         },
     )
-    skip_norm: Optional[str] = field(
+    skip_norm: str | None = field(
         default=None,
         metadata={
             "help": (
@@ -119,7 +121,7 @@ class SkipCollapseConfig(PeftConfig):
             )
         },
     )
-    source_dim: Optional[int] = field(
+    source_dim: int | None = field(
         default=None,
         metadata={
             "help": (
@@ -128,7 +130,7 @@ class SkipCollapseConfig(PeftConfig):
             )
         },
     )
-    head_module: Optional[str] = field(
+    head_module: str | None = field(
         default=None,
         metadata={
             "help": (
@@ -137,7 +139,7 @@ class SkipCollapseConfig(PeftConfig):
             )
         },
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None,
         metadata={
             "help": (
@@ -146,11 +148,11 @@ class SkipCollapseConfig(PeftConfig):
             )
         },
     )
-    num_classes: Optional[int] = field(
+    num_classes: int | None = field(
         default=None,
         metadata={"help": "Outputs of the head the adapter was trained with; set at injection, checked when loading."},
     )
-    base_model_class: Optional[str] = field(
+    base_model_class: str | None = field(
         default=None,
         metadata={
             "help": (
@@ -177,7 +179,9 @@ class SkipCollapseConfig(PeftConfig):
         if self.source_dim is not None and (
             isinstance(self.source_dim, bool) or not isinstance(self.source_dim, int) or self.source_dim <= 0
         ):
-            raise ValueError(f"source_dim must be a positive integer width (or None to measure it), got {self.source_dim!r}")
+            raise ValueError(
+                f"source_dim must be a positive integer width (or None to measure it), got {self.source_dim!r}"
+            )
         for name in ("skip_norm", "head_module", "base_model_class"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -191,7 +195,7 @@ class SkipCollapseConfig(PeftConfig):
                 raise TypeError(f"modules_to_save must be module names (str), got {bad}")
 
     @property
-    def target_modules(self) -> Optional[list[str]]:
+    def target_modules(self) -> list[str] | None:
         """The two modules the adapter wraps, once resolved (peft's generic injection code reads this name)."""
         if isinstance(self.source_layer, str) and self.head_module is not None:
             return [self.source_layer, self.head_module]

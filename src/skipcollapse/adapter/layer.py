@@ -40,7 +40,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -63,16 +63,16 @@ class CallScope:
 
     __slots__ = ("root", "layers", "token_mask", "pooled", "source_output", "source_hidden", "replaced")
 
-    def __init__(self, root: nn.Module, layers: Sequence["SkipCollapseLayer"], token_mask: Optional[torch.Tensor]):
+    def __init__(self, root: nn.Module, layers: Sequence[SkipCollapseLayer], token_mask: torch.Tensor | None):
         self.root = root  # the model object this call runs on (a DataParallel replica's own modules, for instance)
         self.layers = tuple(layers)  # the SkipCollapse layers of `root`: the ones this scope serves
         self.token_mask = token_mask  # [B, T] real (1) and padding (0) tokens of this call's input, when it has them
-        self.pooled: Optional[torch.Tensor] = None  # s, block ℓ's pooled output, consumed by the head
+        self.pooled: torch.Tensor | None = None  # s, block ℓ's pooled output, consumed by the head
         self.source_output: Any = None  # block ℓ's raw output
-        self.source_hidden: Optional[torch.Tensor] = None  # its hidden states: what bypassed modules hand on
+        self.source_hidden: torch.Tensor | None = None  # its hidden states: what bypassed modules hand on
         self.replaced = False  # a replace adapter's source has run: what follows up to the head is bypassed
 
-    def serves(self, layer: "SkipCollapseLayer") -> bool:
+    def serves(self, layer: SkipCollapseLayer) -> bool:
         return any(layer is own for own in self.layers)
 
 
@@ -89,7 +89,7 @@ def _open_scopes() -> list[CallScope]:
     return scopes
 
 
-def current_scope(layer: "SkipCollapseLayer") -> Optional[CallScope]:
+def current_scope(layer: SkipCollapseLayer) -> CallScope | None:
     """The scope of the model call `layer` runs in on this thread, or None outside any (a gradient-checkpointing
     recomputation in the backward pass, or a submodule called on its own)."""
     for scope in reversed(_open_scopes()):
@@ -98,7 +98,7 @@ def current_scope(layer: "SkipCollapseLayer") -> Optional[CallScope]:
     return None
 
 
-def _scoped_layers(root: nn.Module, names: Optional[Sequence[str]] = None) -> list["SkipCollapseLayer"]:
+def _scoped_layers(root: nn.Module, names: Sequence[str] | None = None) -> list[SkipCollapseLayer]:
     """The SkipCollapse layers of `root`, the model object this call runs on.
 
     `names` (where the tuner put its layers, updated on every injection) are looked up in `root` itself, so a
@@ -115,15 +115,15 @@ def _scoped_layers(root: nn.Module, names: Optional[Sequence[str]] = None) -> li
     return [m for m in root.modules() if isinstance(m, SkipCollapseLayer)]
 
 
-def _child(root: nn.Module, name: str) -> Optional[nn.Module]:
-    module: Optional[nn.Module] = root
+def _child(root: nn.Module, name: str) -> nn.Module | None:
+    module: nn.Module | None = root
     for part in name.split("."):
         module = module._modules.get(part) if module is not None else None
     return module
 
 
 def open_scope(
-    root: nn.Module, names: Optional[Sequence[str]] = None, token_mask: Optional[torch.Tensor] = None
+    root: nn.Module, names: Sequence[str] | None = None, token_mask: torch.Tensor | None = None
 ) -> CallScope:
     """Open a scope for one call of `root` on this thread, serving the SkipCollapse layers under `root`."""
     scope = CallScope(root, _scoped_layers(root, names), token_mask)
@@ -135,7 +135,7 @@ def open_scope(
     return scope
 
 
-def close_scope(root: nn.Module, names: Optional[Sequence[str]] = None) -> None:
+def close_scope(root: nn.Module, names: Sequence[str] | None = None) -> None:
     """End this thread's innermost scope of `root`: the skip and block ℓ's output are dropped with it."""
     scopes = _open_scopes()
     for index in range(len(scopes) - 1, -1, -1):
@@ -146,7 +146,7 @@ def close_scope(root: nn.Module, names: Optional[Sequence[str]] = None) -> None:
 
 @contextlib.contextmanager
 def call_scope(
-    root: nn.Module, names: Optional[Sequence[str]] = None, token_mask: Optional[torch.Tensor] = None
+    root: nn.Module, names: Sequence[str] | None = None, token_mask: torch.Tensor | None = None
 ) -> Iterator[CallScope]:
     """One call's scope, for code that runs the model's modules itself (the prefix cache)."""
     scope = open_scope(root, names, token_mask)
@@ -157,7 +157,7 @@ def call_scope(
 
 
 def scope_pre_hook(
-    root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], names: Optional[Sequence[str]] = None
+    root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], names: Sequence[str] | None = None
 ) -> None:
     """Forward pre-hook on the model root: each call of the model opens its own scope."""
     mask = _argument(root, "attention_mask", args, kwargs)
@@ -173,7 +173,7 @@ def _argument(root: nn.Module, name: str, args: tuple[Any, ...], kwargs: dict[st
     return args[position] if position is not None and position < len(args) else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _positions(cls: type) -> dict[str, int]:
     """Positions of `cls.forward`'s parameters (read once per class)."""
     parameters = list(inspect.signature(cls.forward).parameters)[1:]  # without self
@@ -181,7 +181,7 @@ def _positions(cls: type) -> dict[str, int]:
 
 
 def scope_post_hook(
-    root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, names: Optional[Sequence[str]] = None
+    root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, names: Sequence[str] | None = None
 ) -> None:
     """Forward hook on the model root (registered with ``always_call``): the call's scope ends with the call."""
     close_scope(root, names)
@@ -205,7 +205,7 @@ class _TensorSlot:
 
     __slots__ = ("like_input", "shape", "dtype")
 
-    def __init__(self, tensor: torch.Tensor, given: Optional[torch.Tensor], batch: int, tokens: Optional[int]) -> None:
+    def __init__(self, tensor: torch.Tensor, given: torch.Tensor | None, batch: int, tokens: int | None) -> None:
         self.like_input = given is not None and given.shape == tensor.shape and given.dtype == tensor.dtype
         marked: list[Any] = list(tensor.shape)
         if marked and marked[0] == batch:
@@ -219,14 +219,14 @@ OutputTemplate = tuple[pytree.TreeSpec, list[Any]]
 """A module's output structure, its tensors replaced by `_TensorSlot`s, recorded from one example call."""
 
 
-def output_template(output: Any, given: Any, batch: int, tokens: Optional[int]) -> OutputTemplate:
+def output_template(output: Any, given: Any, batch: int, tokens: int | None) -> OutputTemplate:
     """The structure of `output`, which a module returned for the positional inputs `given`."""
     leaves, spec = pytree.tree_flatten(output)
     first = next((a for a in pytree.tree_leaves(given) if isinstance(a, torch.Tensor)), None)
     return spec, [_TensorSlot(v, first, batch, tokens) if isinstance(v, torch.Tensor) else v for v in leaves]
 
 
-def fill_template(template: OutputTemplate, given: Optional[torch.Tensor], hidden: torch.Tensor) -> Any:
+def fill_template(template: OutputTemplate, given: torch.Tensor | None, hidden: torch.Tensor) -> Any:
     """`template`'s structure with stand-ins for its tensors: the module's own input `given` where the tensor had
     its shape, else zeros of the recorded shape (batch and token axes taken from `hidden`, block ℓ's hidden
     states), so model code that unpacks or reshapes them keeps working."""
@@ -244,7 +244,7 @@ def fill_template(template: OutputTemplate, given: Optional[torch.Tensor], hidde
 
 
 def pool(
-    hidden: torch.Tensor, pooling: str, channels_last: bool = False, token_mask: Optional[torch.Tensor] = None
+    hidden: torch.Tensor, pooling: str, channels_last: bool = False, token_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Turn a block's hidden states into what the head takes: one vector per example, or per token (``per_token``).
 
@@ -272,7 +272,7 @@ def pool(
     return hidden.flatten(1)
 
 
-def _cast(value: Any, dtype: Optional[torch.dtype]) -> Any:
+def _cast(value: Any, dtype: torch.dtype | None) -> Any:
     """Floating tensors in `value` (a tensor, tuple, list or dict of them) cast to `dtype`; the rest as is."""
     if dtype is None:
         return value
@@ -305,16 +305,18 @@ class SkipCollapseLayer(nn.Module, BaseTunerLayer):
                 raise
             return getattr(modules["base_layer"], name)
 
-    def _active(self) -> Optional[str]:
+    def _active(self) -> str | None:
         """The adapter this layer runs now, or None when adapters are off or none of its adapters is active."""
         if self.disable_adapters:
             return None
         active = [a for a in self.active_adapters if a in self.fusion]
         if len(active) > 1:
-            raise ValueError(f"SkipCollapse runs one adapter at a time, but {active} are active; use set_adapter(name)")
+            raise ValueError(
+                f"SkipCollapse runs one adapter at a time, but {active} are active; use set_adapter(name)"
+            )
         return active[0] if active else None
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise ValueError(NO_MERGE)
 
     def unmerge(self) -> None:
@@ -389,7 +391,7 @@ class SkipGate(nn.Module):
     """g·x with a learned scalar g. A module (not a bare parameter) so that hooks which move weights at call time
     (accelerate's offloading) see it being called."""
 
-    def __init__(self, device: Optional[torch.device] = None) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1, device=device))
 
@@ -408,7 +410,7 @@ class SkipBypassLayer(SkipCollapseLayer):
     adapter_layer_names = ()
     other_param_names = ("fusion",)
 
-    def __init__(self, base_layer: nn.Module, template: Optional[OutputTemplate]) -> None:
+    def __init__(self, base_layer: nn.Module, template: OutputTemplate | None) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.template = template

@@ -16,8 +16,9 @@ records what it needs:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -32,13 +33,13 @@ from .layer import OutputTemplate, first_tensor, output_template
 class Measurement:
     source_calls: int = 0
     source_after_head: bool = False  # the source block ran only after the head
-    source_hidden: Optional[torch.Tensor] = None
-    head_input: Optional[torch.Tensor] = None
+    source_hidden: torch.Tensor | None = None
+    head_input: torch.Tensor | None = None
     classified: str = ""  # how the head input comes from the last block's output: cls, mean, per_token or avg
     templates: dict[str, OutputTemplate] = field(default_factory=dict)
 
 
-def example_inputs(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
+def example_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """A batch of two distinct examples the model accepts, at the input size the model is configured for (a
     transformers config's ``image_size``, a timm model's ``patch_embed.img_size`` or ``pretrained_cfg``), or None
     when the model says nothing about its inputs."""
@@ -75,7 +76,7 @@ def example_inputs(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
     return None
 
 
-def _execution_device(model: nn.Module) -> Optional[torch.device]:
+def _execution_device(model: nn.Module) -> torch.device | None:
     """Where the model runs: accelerate's hook's execution device (offloaded weights sit on the meta device until
     the hook brings them), else its weights' device; None for weights on the meta device with no such hook."""
     for module in (model, *model.children()):
@@ -91,8 +92,25 @@ def _is_decoder(config: Any) -> bool:
 
 
 # Encoders never refuse a batch for lack of a pad token; every other text model is treated as a decoder here.
-_ENCODERS = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "deberta", "deberta-v2", "electra", "albert",
-             "mpnet", "modernbert", "roformer", "convbert", "mobilebert", "funnel", "longformer", "xlnet"}
+_ENCODERS = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "distilbert",
+    "deberta",
+    "deberta-v2",
+    "electra",
+    "albert",
+    "mpnet",
+    "modernbert",
+    "roformer",
+    "convbert",
+    "mobilebert",
+    "funnel",
+    "longformer",
+    "xlnet",
+}
 
 
 def _timm_input_size(model: nn.Module) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import functools
 import re
 import warnings
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -33,7 +33,6 @@ from .batchnorm import frozen_batchnorms
 from .config import SkipCollapseConfig
 from .layer import (
     NO_MERGE,
-    CallScope,
     OutputTemplate,
     SkipBypassLayer,
     SkipCollapseLayer,
@@ -78,7 +77,7 @@ class SkipCollapseModel(BaseTuner):
     def _check_target_module_exists(self, peft_config: SkipCollapseConfig, key: str) -> bool:
         return key in (peft_config.source_layer, peft_config.head_module) or key in self._bypassed(peft_config)
 
-    def _bypassed(self, config: SkipCollapseConfig) -> dict[str, Optional[OutputTemplate]]:
+    def _bypassed(self, config: SkipCollapseConfig) -> dict[str, OutputTemplate | None]:
         """Under ``replace``: what the forward would run between block ℓ and the head, so that it does not run
         (name -> the structure its module returns), planned when the config was resolved."""
         if config.fusion != "replace":
@@ -166,7 +165,7 @@ class SkipCollapseModel(BaseTuner):
                         if dtype is not None and buffer.is_floating_point() and buffer.dtype != dtype:
                             setattr(module, name, buffer.to(dtype))
 
-    def call_scope(self, root: Optional[nn.Module] = None, token_mask: Optional[torch.Tensor] = None):
+    def call_scope(self, root: nn.Module | None = None, token_mask: torch.Tensor | None = None):
         """A context manager holding one call's scope, for code that runs this model's modules itself instead of
         calling the model (the prefix cache): what the model's own forward hooks open and close around each call."""
         return call_scope(self.model if root is None else root, getattr(self, "_scoped_names", None), token_mask)
@@ -187,7 +186,7 @@ class SkipCollapseModel(BaseTuner):
         self._scope_hooks = []
         return super()._unload_and_optionally_merge(*args, **kwargs)
 
-    def train(self, mode: bool = True) -> "SkipCollapseModel":
+    def train(self, mode: bool = True) -> SkipCollapseModel:
         """Train mode for everything that trains; frozen BatchNorm layers stay in eval mode.
 
         Which layers are frozen is `adapter.batchnorm.frozen_batchnorms`, the rule the comparison's baselines use too.
@@ -195,7 +194,8 @@ class SkipCollapseModel(BaseTuner):
         super().train(mode)
         if mode:
             trained = [
-                name for name, module in self.model.named_modules()
+                name
+                for name, module in self.model.named_modules()
                 if _ADAPTER_ENTRY.search(name) and any(p.requires_grad for p in module.parameters())
             ]
 
@@ -250,7 +250,9 @@ class SkipCollapseModel(BaseTuner):
         files stored the gate as a bare parameter, '<block>.skipcollapse_gate', now the gate module's weight.)"""
         # Adapters saved before 0.2 named the head copies' container 'skipcollapse_head', a name that peft's
         # suffix matching of modules_to_save confused with a model's own module 'head' (ModernBERT's).
-        state_dict = {_OLD_HEAD_COPY.sub(r"\1skipcollapse_head_copy.", key): value for key, value in state_dict.items()}
+        state_dict = {
+            _OLD_HEAD_COPY.sub(r"\1skipcollapse_head_copy.", key): value for key, value in state_dict.items()
+        }
         if config.source_layer and config.head_module:
             source, head = re.escape(config.source_layer), config.head_module
             modules = re.compile(rf"(^|\.){source}\.(skipcollapse_(?:proj|gate))\.")
@@ -277,7 +279,7 @@ def _plan_key(config: SkipCollapseConfig) -> tuple[Any, Any]:
     return (config.source_layer, config.head_module)
 
 
-def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> dict[str, Optional[OutputTemplate]]:
+def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> dict[str, OutputTemplate | None]:
     """Fill every `None` field of `config` from `model` and check it against one measured example forward.
 
     Returns, under ``replace``, what the adapter bypasses (name -> the structure its module returns)."""
@@ -298,8 +300,10 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> dict[str, O
     config.head_module = config.head_module or arch.head
     head = _resolve_head(config.head_module, model)
     source = config.source_layer
-    if source == config.head_module or config.head_module.startswith(source + ".") or source.startswith(
-        config.head_module + "."
+    if (
+        source == config.head_module
+        or config.head_module.startswith(source + ".")
+        or source.startswith(config.head_module + ".")
     ):
         raise ValueError(
             f"source_layer={source!r} and head_module={config.head_module!r} overlap: the skip must come from a "
@@ -310,12 +314,13 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> dict[str, O
 
     bypassed = _bypassed_modules(model, source, config.head_module, blocks) if config.fusion == "replace" else []
     inputs = example_inputs(model)
-    templates: dict[str, Optional[OutputTemplate]] = {name: None for name in bypassed}
+    templates: dict[str, OutputTemplate | None] = {name: None for name in bypassed}
     if inputs is None:  # nothing says what the model takes: the user's names and widths are trusted
         if config.pooling is None:
             raise ValueError(
                 f"cannot build an example batch for {model_class} to measure its source block; set "
-                "SkipCollapseConfig(pooling=...) (and source_dim=... if the block's width cannot be read off its layers)"
+                "SkipCollapseConfig(pooling=...) (and source_dim=... if the block's width cannot be read off its "
+                "layers)"
             )
         measured_width = None
     else:
@@ -333,8 +338,9 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> dict[str, O
         templates.update(found.templates)
     if config.source_dim is not None and measured_width is not None and config.source_dim != measured_width:
         if loading:
-            raise ValueError(_loading_mismatch(config, f"{source!r} gave {config.source_dim} features",
-                                               f"{measured_width} there"))
+            raise ValueError(
+                _loading_mismatch(config, f"{source!r} gave {config.source_dim} features", f"{measured_width} there")
+            )
         raise ValueError(
             f"source_dim={config.source_dim}, but {source!r} with pooling={config.pooling!r} gives {measured_width} "
             f"features (measured with an example batch); set source_dim={measured_width} or leave it unset"
@@ -498,13 +504,13 @@ def _check_loaded_names(config: SkipCollapseConfig, model: nn.Module) -> None:
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
-    module: Optional[nn.Module] = model
+    module: nn.Module | None = model
     for part in name.split("."):
         module = module._modules.get(part) if module is not None else None
     return module is not None
 
 
-def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture]):
+def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Module, arch: Architecture | None):
     if arch is not None:
         return
     missing = [
@@ -519,12 +525,13 @@ def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Modul
         raise ValueError(
             f"SkipCollapse cannot find the blocks and the classifier head of {type(model).__name__}: it reads them "
             "from what timm (group_matcher, get_classifier) and transformers (its layer classes, config.num_labels, "
-            f"base_model_prefix) publish, and this model is neither or publishes neither; name the modules explicitly: "
+            "base_model_prefix) publish, and this model is neither or publishes neither; name the modules "
+            "explicitly: "
             f"set {', '.join(missing)} in SkipCollapseConfig"
         )
 
 
-def _resolve_source(source: Optional[str | int], model: nn.Module, blocks: list[str]) -> str:
+def _resolve_source(source: str | int | None, model: nn.Module, blocks: list[str]) -> str:
     if source is None:
         return default_source_block(blocks)
     if isinstance(source, int):
@@ -557,7 +564,7 @@ def _require_module(model: nn.Module, name: str, field: str, blocks: list[str], 
         )
 
 
-def _modules_to_save(config: SkipCollapseConfig, model: nn.Module, arch: Optional[Architecture]) -> list[str]:
+def _modules_to_save(config: SkipCollapseConfig, model: nn.Module, arch: Architecture | None) -> list[str]:
     """The family's extra trainable classifier modules plus the user's, without any that would wrap our layers.
 
     peft's sequence-classification model adds 'classifier' here; for SkipCollapse the head already trains (as a

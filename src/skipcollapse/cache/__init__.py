@@ -25,8 +25,9 @@ leaves no cache that could be mistaken for a complete one.
 When a cache is stale. A cache is keyed to what produced it: the base model's class, the source layer, the
 adapter-config fields that bear on block ℓ's inputs (`KEY_CONFIG_FIELDS`), a SHA-256 over the parameters and
 buffers of every module that runs before block ℓ (recorded while building), and the data (its length and a hash
-of every example, inputs and labels, taken while building; checking a cache against a dataset reads it once). `PrefixCache.check` names whatever differs and says how to rebuild; loading
-from a directory whose key differs refuses. The other config fields (fusion, pooling, projection, what of the
+of every example, inputs and labels, taken while building; checking a cache against a dataset reads it once).
+`PrefixCache.check` names whatever differs and says how to rebuild; loading from a directory whose key differs refuses.
+The other config fields (fusion, pooling, projection, what of the
 block trains) act after the cached point, so one cache serves add, concat and replace adapters on the same layer.
 Data whose examples change from one access to the next (random augmentation) is refused outright: the build
 reads every example twice and compares. On disk, a cache is built in a temporary folder beside the target and

@@ -8,9 +8,9 @@ import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,8 +35,8 @@ def build_prefix_cache(
     dataset: Dataset,
     *,
     batch_size: int = 64,
-    collate_fn: Optional[Callable[[list[Any]], Any]] = None,
-    directory: Optional[PathLike] = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    directory: PathLike | None = None,
     progress: bool = False,
     overwrite: bool = False,
 ) -> PrefixCache:
@@ -113,8 +113,8 @@ def _build(
     peft_model: nn.Module,
     dataset: Dataset,
     batch_size: int,
-    collate_fn: Optional[Callable[[list[Any]], Any]],
-    target: Optional[Path],
+    collate_fn: Callable[[list[Any]], Any] | None,
+    target: Path | None,
     progress: bool,
 ) -> PrefixCache:
     """One pass of the prefix over `dataset`, reading each example twice (augmentation check) and hashing it."""

@@ -16,7 +16,6 @@ from torch.utils.data import Dataset
 from ..adapter.config import SkipCollapseConfig
 from ..adapter.layer import SkipSourceLayer
 
-
 KEY_CONFIG_FIELDS = ("base_model_class", "source_layer")
 """The adapter-config fields a cache depends on: which model, and whose block's inputs it holds."""
 
@@ -162,7 +161,7 @@ def _example_hash(example: Any) -> bytes:
     return digest.digest()
 
 
-def _update(digest: "hashlib._Hash", value: Any) -> None:
+def _update(digest: hashlib._Hash, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         digest.update(f"tensor:{value.dtype}:{tuple(value.shape)}".encode())
         digest.update(_tensor_bytes(value))

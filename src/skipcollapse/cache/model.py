@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,10 +10,10 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .._torch_utils import device_of
 from ..adapter.architectures import discover
-from .suffix import HEAD_INPUTS, SuffixRunner, blocks_then_head_input, head_input_of
 from ..integrations.timm import TimmImageClassifier
 from .key import _adapter_parts
 from .store import CachedPrefixDataset, PrefixCache
+from .suffix import HEAD_INPUTS, SuffixRunner, blocks_then_head_input, head_input_of
 
 
 class CachedSkipModel(nn.Module):
@@ -51,11 +51,11 @@ class CachedSkipModel(nn.Module):
         self.peft_model = peft_model
         self.cache = cache
         base, config = _adapter_parts(peft_model)
-        self._suffix: Optional[SuffixRunner] = None
+        self._suffix: SuffixRunner | None = None
         if config.fusion != "replace":
             self._suffix = suffix_runner(base, config.source_layer)
 
-    def forward(self, cache_index: torch.Tensor, labels: Optional[torch.Tensor] = None) -> SequenceClassifierOutput:
+    def forward(self, cache_index: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
         base, config = _adapter_parts(self.peft_model)
         if config.source_layer != self.cache.layer:
             raise ValueError(

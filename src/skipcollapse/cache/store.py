@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 class _Slot:
     """One argument of the source block's call and how it is stored."""
 
-    where: Union[int, str]  # positional index, or keyword name
+    where: int | str  # positional index, or keyword name
     kind: str  # "example": one row per example; "shared": one tensor for all; "value": a non-tensor constant
     name: str  # storage name (a file stem on disk)
 
@@ -65,7 +65,7 @@ class PrefixCache:
         examples: dict[str, torch.Tensor],
         shared: dict[str, Any],
         labels: torch.Tensor,
-        directory: Optional[Path] = None,
+        directory: Path | None = None,
     ) -> None:
         self.key = key
         self.slots = slots
@@ -80,9 +80,7 @@ class PrefixCache:
 
     def __repr__(self) -> str:
         where = f"on disk at {self.directory}" if self.directory else "in memory"
-        return (
-            f"PrefixCache({len(self)} examples, inputs of {self.layer!r}, {self.nbytes / 2**20:.1f} MiB {where})"
-        )
+        return f"PrefixCache({len(self)} examples, inputs of {self.layer!r}, {self.nbytes / 2**20:.1f} MiB {where})"
 
     @property
     def layer(self) -> str:
@@ -96,7 +94,7 @@ class PrefixCache:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def inputs(
-        self, index: Union[torch.Tensor, Sequence[int]], device: Optional[torch.device] = None
+        self, index: torch.Tensor | Sequence[int], device: torch.device | None = None
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The positional and keyword arguments of block ℓ for the examples at `index`, as the model passed them."""
         index = torch.as_tensor(index, dtype=torch.long)
@@ -116,11 +114,11 @@ class PrefixCache:
                 kwargs[slot.where] = value
         return tuple(args[i] for i in range(len(args))), kwargs
 
-    def dataset(self) -> "CachedPrefixDataset":
+    def dataset(self) -> CachedPrefixDataset:
         """What `CachedSkipModel` trains on: items ``{"cache_index": i, "labels": y_i}`` in the original order."""
         return CachedPrefixDataset(self.labels)
 
-    def to(self, device: Union[str, torch.device]) -> "PrefixCache":
+    def to(self, device: str | torch.device) -> PrefixCache:
         """A copy with every tensor on `device` (e.g. a GPU, so a batch's rows are gathered there)."""
         move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
         return PrefixCache(
@@ -133,7 +131,7 @@ class PrefixCache:
         )
 
     # ------------------------------------------------------------------------------------- validity
-    def check(self, peft_model: nn.Module, dataset: Optional[Dataset] = None) -> None:
+    def check(self, peft_model: nn.Module, dataset: Dataset | None = None) -> None:
         """Raise `ValueError` unless this cache is what `peft_model`'s prefix would compute (over `dataset`).
 
         Checks the model class, the source layer, the prefix's weights and, when given, the data; the message names
@@ -143,7 +141,7 @@ class PrefixCache:
         if differences:
             raise ValueError(self._stale_message(differences))
 
-    def differences(self, peft_model: nn.Module, dataset: Optional[Dataset] = None) -> list[str]:
+    def differences(self, peft_model: nn.Module, dataset: Dataset | None = None) -> list[str]:
         """What differs between this cache's key and `peft_model` (and `dataset`), one line each; [] if nothing."""
         base, config = _adapter_parts(peft_model)
         found = []
@@ -159,7 +157,9 @@ class PrefixCache:
         other = [f for f in KEY_CONFIG_FIELDS if f != "source_layer" and config_now[f] != self.key["config"][f]]
         if other:
             cached = self.key["config"]
-            found.append("adapter config: " + ", ".join(f"{f}={config_now[f]!r} (cache: {cached[f]!r})" for f in other))
+            found.append(
+                "adapter config: " + ", ".join(f"{f}={config_now[f]!r} (cache: {cached[f]!r})" for f in other)
+            )
         if not found:  # the prefix is only comparable on the same model and layer
             prefix = self.key["prefix"]
             try:
@@ -203,8 +203,8 @@ class PrefixCache:
     # ------------------------------------------------------------------------------------- on disk
     @classmethod
     def load(
-        cls, directory: PathLike, peft_model: Optional[nn.Module] = None, dataset: Optional[Dataset] = None
-    ) -> "PrefixCache":
+        cls, directory: PathLike, peft_model: nn.Module | None = None, dataset: Dataset | None = None
+    ) -> PrefixCache:
         """Open an on-disk cache (memory-mapped, nothing read yet); with `peft_model` (and `dataset`) check it first.
 
         Refuses, with a `ValueError` naming what changed, a cache whose key does not match the model and data.
@@ -258,13 +258,13 @@ class CachedPrefixDataset(Dataset):
 class _Store:
     """Collects block ℓ's arguments batch by batch into preallocated tensors (in memory or file-backed)."""
 
-    def __init__(self, length: int, directory: Optional[Path]) -> None:
+    def __init__(self, length: int, directory: Path | None) -> None:
         self.length = length
         self.directory = directory
-        self.slots: Optional[list[_Slot]] = None
+        self.slots: list[_Slot] | None = None
         self.examples: dict[str, torch.Tensor] = {}
         self.shared: dict[str, Any] = {}
-        self.labels: Optional[torch.Tensor] = None
+        self.labels: torch.Tensor | None = None
         self.filled = 0
         self.batch_size = 0
 
@@ -290,8 +290,8 @@ class _Store:
                         f"argument {slot.where!r} of the source block has shape {tuple(tensor.shape)} in a batch of "
                         f"{rows}, but {tuple(stored.shape[1:])} per example before; the cache needs one fixed shape "
                         "per example (pad sequences to one length, e.g. DataCollatorWithPadding(tokenizer, "
-                        "padding='max_length', max_length=...)), and if this argument is not per-example, a batch_size "
-                        "that does not coincide with its first dimension"
+                        "padding='max_length', max_length=...)), and if this argument is not per-example, a "
+                        "batch_size that does not coincide with its first dimension"
                     )
                 stored[self.filled : self.filled + rows].copy_(tensor)
             elif not _same(value, self.shared[slot.name]):
@@ -302,7 +302,7 @@ class _Store:
         self.labels[self.filled : self.filled + rows].copy_(labels)
         self.filled += rows
 
-    def _start(self, values: dict[Union[int, str], Any], labels: torch.Tensor) -> None:
+    def _start(self, values: dict[int | str, Any], labels: torch.Tensor) -> None:
         rows = len(labels)
         self.slots = []
         for where, value in values.items():

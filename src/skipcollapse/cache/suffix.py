@@ -13,7 +13,8 @@ classify is found from the input ids, which the cache does not keep) has no row 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ HeadInput = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 def blocks_then_head_input(
     model: nn.Module, blocks: list[str], source: str, head_input: Callable[[torch.Tensor], torch.Tensor]
-) -> Optional[SuffixRunner]:
+) -> SuffixRunner | None:
     """The runner from `source` (one of `blocks`, names in `model`) through the later blocks and `head_input` (bound
     to the model), or None when `source` is not one of the blocks."""
     if source not in blocks:
@@ -98,7 +99,7 @@ HEAD_INPUTS: dict[str, HeadInput] = {
 """What each model class does after its last block, up to the head's input; the classes the cache can run."""
 
 
-def head_input_of(model: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+def head_input_of(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """`model`'s row of `HEAD_INPUTS`, bound to it, or None."""
     inner = getattr(model, "timm_model", model)
     fn = HEAD_INPUTS.get(type(inner).__name__)

@@ -7,8 +7,6 @@ Each gets a ValueError that names the problem instead.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -19,7 +17,7 @@ def short_list(values: list, limit: int = 20) -> str:
     return f"[{shown}, ...] ({len(values)} in total)" if len(values) > limit else f"[{shown}] ({len(values)} in total)"
 
 
-def check_labels(labels: Tensor, n: int, num_classes: Optional[int], ignore_index: Optional[int] = None) -> Tensor:
+def check_labels(labels: Tensor, n: int, num_classes: int | None, ignore_index: int | None = None) -> Tensor:
     """`labels` as int64 after checking: 1-D, integer dtype, n rows, values in [0, num_classes) or ignore_index."""
     if not isinstance(labels, Tensor) or labels.dim() != 1:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
@@ -34,7 +32,9 @@ def check_labels(labels: Tensor, n: int, num_classes: Optional[int], ignore_inde
         values = sorted(set(kept[bad].tolist()))
         bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
         extra = f" (or {ignore_index} to ignore a row)" if ignore_index is not None else ""
-        raise ValueError(f"labels must be integers in {bound}{extra}; got out-of-range values {short_list(values, 10)}")
+        raise ValueError(
+            f"labels must be integers in {bound}{extra}; got out-of-range values {short_list(values, 10)}"
+        )
     return labels.long()
 
 

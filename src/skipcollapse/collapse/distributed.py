@@ -7,19 +7,19 @@ unavailable, or no process group initialised.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch.distributed as dist
 
 
-def world(group: Optional[Any] = None) -> tuple[int, int]:
+def world(group: Any | None = None) -> tuple[int, int]:
     """(rank, world size) in `group` (the default group when None); (0, 1) outside torch.distributed."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1
 
 
-def is_distributed(group: Optional[Any] = None) -> bool:
+def is_distributed(group: Any | None = None) -> bool:
     """More than one process in `group`: collectives are needed."""
     return world(group)[1] > 1
 

@@ -9,7 +9,8 @@ costs a second pass.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,10 +56,10 @@ class HeadInputs:
             supported architectures and for SkipCollapse adapters.
     """
 
-    def __init__(self, model: nn.Module, head_module: Optional[str] = None) -> None:
+    def __init__(self, model: nn.Module, head_module: str | None = None) -> None:
         self._compiled = _is_compiled(model)
         model = unwrap(model)
-        self._latest: Optional[torch.Tensor] = None
+        self._latest: torch.Tensor | None = None
         base = base_model(model)
         config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
         name = head_module or getattr(config, "head_module", None) or getattr(discover(base), "head", None)
@@ -77,7 +78,7 @@ class HeadInputs:
         # A head that runs on every token (decoder classifiers) is read at the token the model classifies, found
         # from the call's input ids as the model finds it.
         self._pad_token_id = _pad_token_id(base)
-        self._input_ids: Optional[torch.Tensor] = None
+        self._input_ids: torch.Tensor | None = None
         self._handles.append(base.register_forward_pre_hook(self._remember_inputs, with_kwargs=True))
         self._replicated = False
 
@@ -134,14 +135,14 @@ class HeadInputs:
         self._handles = []
         self._latest = None
 
-    def __enter__(self) -> "HeadInputs":
+    def __enter__(self) -> HeadInputs:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
-def classified_token(input_ids: Optional[torch.Tensor], pad_token_id: Optional[int], length: int) -> torch.Tensor:
+def classified_token(input_ids: torch.Tensor | None, pad_token_id: int | None, length: int) -> torch.Tensor:
     """The position a sequence classifier with a per-token head classifies, per example: the rightmost token that
     is not padding (what transformers' decoder classifiers pick, left or right padding alike), or the last position
     when there is no pad token or no input ids."""
@@ -151,7 +152,7 @@ def classified_token(input_ids: Optional[torch.Tensor], pad_token_id: Optional[i
     return (torch.arange(length, device=input_ids.device) * real).argmax(-1)
 
 
-def _pad_token_id(model: nn.Module) -> Optional[int]:
+def _pad_token_id(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return getattr(text, "pad_token_id", None)

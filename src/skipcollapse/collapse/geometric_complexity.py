@@ -34,9 +34,7 @@ __all__ = ["geometric_complexity", "gc_from_outputs", "gc_penalty", "GeometricCo
 Projection = Literal["rademacher", "gaussian"]
 
 
-def _random_cotangent(
-    like: Tensor, projection: Projection, generator: torch.Generator | None
-) -> Tensor:
+def _random_cotangent(like: Tensor, projection: Projection, generator: torch.Generator | None) -> Tensor:
     if projection == "gaussian":
         return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
     if projection == "rademacher":
@@ -90,8 +88,14 @@ def geometric_complexity(
     with torch.enable_grad():
         out = fn(x)
     return gc_from_outputs(
-        out, x, num_projections, exact=exact, generator=generator, create_graph=create_graph,
-        projection=projection, reduction=reduction,
+        out,
+        x,
+        num_projections,
+        exact=exact,
+        generator=generator,
+        create_graph=create_graph,
+        projection=projection,
+        reduction=reduction,
     )
 
 
@@ -194,7 +198,4 @@ class GeometricComplexityRegularizer(nn.Module):
         return self.gc_lambda * gc, gc.detach()
 
     def extra_repr(self) -> str:
-        return (
-            f"gc_lambda={self.gc_lambda}, num_projections={self.num_projections}, "
-            f"projection={self.projection}"
-        )
+        return f"gc_lambda={self.gc_lambda}, num_projections={self.num_projections}, projection={self.projection}"

@@ -53,7 +53,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-
 from torch import Tensor, nn
 
 from .checks import check_finite, check_labels
@@ -99,7 +98,8 @@ def collapse_penalty(
     >>> labels = torch.tensor([0, 0, 1, 1])
     >>> collapse_penalty(means[labels], labels).item()
     0.0
-    >>> round(collapse_penalty(means[labels] + torch.tensor([0.1, 0.0]).repeat(4, 1) * torch.tensor([[1.0], [-1.0], [1.0], [-1.0]]), labels).item(), 4)
+    >>> spread = torch.tensor([[0.1, 0.0], [-0.1, 0.0], [0.1, 0.0], [-0.1, 0.0]])
+    >>> round(collapse_penalty(means[labels] + spread, labels).item(), 4)
     0.02
 
     Definitions (only the ``N`` rows whose label is not ``ignore_index``; only the ``K_p`` classes
@@ -178,9 +178,7 @@ def collapse_penalty(
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros((), dtype=dtype, device=z.device))
 
     centred = z - shift[y]
-    counts = torch.zeros(num_classes, dtype=dtype, device=z.device).index_add_(
-        0, y, torch.ones_like(y, dtype=dtype)
-    )
+    counts = torch.zeros(num_classes, dtype=dtype, device=z.device).index_add_(0, y, torch.ones_like(y, dtype=dtype))
     sums = torch.zeros(num_classes, d, dtype=dtype, device=z.device).index_add(0, y, centred)
     sq = torch.zeros(num_classes, dtype=dtype, device=z.device)
     sq = sq.index_add(0, y, centred.pow(2).sum(1))

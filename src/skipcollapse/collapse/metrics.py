@@ -360,7 +360,9 @@ class CollapseMetrics:
         every rank must call this, including ranks without data). Call ``nc4_update`` over the
         same data next. Raises if fewer than two classes are present.
         """
-        state, present = self._state_and_present(sync, "begin_nc4_pass needs the first-pass statistics; no samples were seen")
+        state, present = self._state_and_present(
+            sync, "begin_nc4_pass needs the first-pass statistics; no samples were seen"
+        )
         n = state._counts[present].to(_F64)
         means = state._shift[present] + state._sums[present] / n[:, None]
         centre = (means * n[:, None]).sum(dim=0) / n.sum()
@@ -422,9 +424,7 @@ class CollapseMetrics:
         if not isinstance(other, CollapseMetrics):
             raise TypeError(f"can only merge a CollapseMetrics, got {type(other).__name__}")
         if other.num_classes != self.num_classes:
-            raise ValueError(
-                f"cannot merge metrics with num_classes {other.num_classes} into {self.num_classes}"
-            )
+            raise ValueError(f"cannot merge metrics with num_classes {other.num_classes} into {self.num_classes}")
         if self._nc4_means is not None or other._nc4_means is not None:
             raise RuntimeError("merge the first-pass statistics before begin_nc4_pass()")
         if other._width is not None and self._width is not None and other._width != self._width:
@@ -577,11 +577,18 @@ class CollapseMetrics:
                 shape = tuple(head_weight.shape) if isinstance(head_weight, Tensor) else head_weight
                 raise ValueError(f"head_weight must have shape {list(expected)}, got {shape}")
             if not bool(torch.isfinite(head_weight.detach()).all()):
-                raise ValueError("head_weight contains NaN or inf; NC3 of such a head is undefined (check the training run)")
+                raise ValueError(
+                    "head_weight contains NaN or inf; NC3 of such a head is undefined (check the training run)"
+                )
             head_weight = head_weight.detach().to(device=state._device, dtype=_F64)[present]
         results = _metrics_from_statistics(
-            state._counts[present].to(_F64), state._sq_norms[present], state._sums[present], state._gram, head_weight,
-            present.tolist(), state._shift[present],
+            state._counts[present].to(_F64),
+            state._sq_norms[present],
+            state._sums[present],
+            state._gram,
+            head_weight,
+            present.tolist(),
+            state._shift[present],
         )
         if state._nc4_means is not None and int(state._nc4_total) > 0:
             results["nc4"] = int(state._nc4_disagree) / int(state._nc4_total)
@@ -625,7 +632,7 @@ def _coinciding_means_check(centred: Tensor, variances: Tensor, classes: list[in
     close = dist_sq <= COINCIDING_MEANS_TOLERANCE**2 * scale
     close &= ~torch.eye(k, dtype=torch.bool, device=centred.device)
     if bool(close.any()) or float(scale) == 0.0:
-        i, j = (torch.nonzero(torch.triu(close, diagonal=1))[0].tolist() if bool(close.any()) else (0, 1))
+        i, j = torch.nonzero(torch.triu(close, diagonal=1))[0].tolist() if bool(close.any()) else (0, 1)
         raise ValueError(
             f"the means of classes {classes[i]} and {classes[j]} coincide (distance² {float(dist_sq[i, j]):.3g}, "
             f"feature spread² {float(scale):.3g}); NC metrics divide by the distances between class means and are "
@@ -634,8 +641,13 @@ def _coinciding_means_check(centred: Tensor, variances: Tensor, classes: list[in
 
 
 def _metrics_from_statistics(
-    n: Tensor, sq_norms: Tensor, sums: Tensor, gram: Tensor, head_weight: Tensor | None,
-    classes: list[int] | None = None, shift: Tensor | None = None,
+    n: Tensor,
+    sq_norms: Tensor,
+    sums: Tensor,
+    gram: Tensor,
+    head_weight: Tensor | None,
+    classes: list[int] | None = None,
+    shift: Tensor | None = None,
 ) -> dict[str, float]:
     """NC metrics from the statistics of the K' present classes (n: [K'], sums: [K', d]).
 

@@ -26,13 +26,13 @@ is float64 numpy, and the result is a Python float.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
 __all__ = ["h_score", "ledoit_wolf_shrinkage", "logme"]
 
-Shrinkage = Union[float, Literal["auto"]]
+Shrinkage = float | Literal["auto"]
 
 
 def _as_arrays(features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +83,8 @@ def h_score(features: Any, labels: Any, *, shrinkage: Shrinkage = "auto") -> flo
     >>> import numpy as np
     >>> from skipcollapse.collapse.transferability import h_score
     >>> separable = np.array([[0.0], [0.1], [1.0], [1.1]])
-    >>> h_score(separable, np.array([0, 0, 1, 1]), shrinkage=0) > h_score(separable, np.array([0, 1, 0, 1]), shrinkage=0)
+    >>> by_value, mixed = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    >>> h_score(separable, by_value, shrinkage=0) > h_score(separable, mixed, shrinkage=0)
     True
 
     Covariances are the population (1/N) ones: cov(E[f|y]) = Σ_k (n_k/N)(μ_k − μ)(μ_k − μ)ᵀ.

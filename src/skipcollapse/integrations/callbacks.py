@@ -7,14 +7,14 @@ training set), summing the per-class statistics over processes, and reports `eva
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, default_data_collator
 
-from ..collapse.features import HeadInputs, iterate_features, shard_loader, unwrap
 from ..collapse.distributed import is_distributed
+from ..collapse.features import HeadInputs, iterate_features, shard_loader, unwrap
 from ..collapse.metrics import CollapseMetrics
 
 
@@ -41,9 +41,9 @@ class NeuralCollapseCallback(TrainerCallback):
         self,
         trainer: Any = None,
         *,
-        train_dataset: Optional[Dataset] = None,
-        num_classes: Optional[int] = None,
-        head_module: Optional[str] = None,
+        train_dataset: Dataset | None = None,
+        num_classes: int | None = None,
+        head_module: str | None = None,
         nc4: bool = True,
     ) -> None:
         self.trainer = trainer
@@ -52,12 +52,16 @@ class NeuralCollapseCallback(TrainerCallback):
         self.head_module = head_module
         self.nc4 = nc4
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         """Check the data before any step: NC metrics need labels, and finding out at the first evaluation would
         abort a run that has already trained."""
         sets = {"train_dataset": self.train_dataset}
         eval_data = getattr(self.trainer, "eval_dataset", None)
-        sets["the Trainer's eval_dataset"] = next(iter(eval_data.values())) if isinstance(eval_data, dict) else eval_data
+        sets["the Trainer's eval_dataset"] = (
+            next(iter(eval_data.values())) if isinstance(eval_data, dict) else eval_data
+        )
         for name, dataset in sets.items():
             if dataset is None or len(dataset) == 0:
                 continue
@@ -73,7 +77,7 @@ class NeuralCollapseCallback(TrainerCallback):
         args: TrainingArguments,
         state: TrainerState,
         control: TrainerControl,
-        metrics: Optional[dict[str, float]] = None,
+        metrics: dict[str, float] | None = None,
         model: Any = None,
         eval_dataloader: Any = None,
         **kwargs: Any,
@@ -87,7 +91,9 @@ class NeuralCollapseCallback(TrainerCallback):
             sets["train"] = self.train_dataset
         results: dict[str, float] = {}
         for prefix, dataset in sets.items():
-            loader = shard_loader(dataset, args.per_device_eval_batch_size, collate, args.process_index, args.world_size)
+            loader = shard_loader(
+                dataset, args.per_device_eval_batch_size, collate, args.process_index, args.world_size
+            )
             values = measure_collapse(model, loader, self.num_classes, self.head_module, nc4=self.nc4)
             results.update({f"{prefix}_{key}": value for key, value in values.items()})
         if self.trainer is not None:
@@ -99,9 +105,10 @@ class NeuralCollapseCallback(TrainerCallback):
             metrics.update(results)
 
 
-def _metric_prefix(metrics: Optional[dict[str, float]]) -> str:
-    """The `metric_key_prefix` of this evaluation ("eval", or e.g. "test" for `trainer.evaluate(test, metric_key_prefix="test")`),
-    read off the keys the Trainer wrote, so NC metrics of a test pass are not labelled as validation."""
+def _metric_prefix(metrics: dict[str, float] | None) -> str:
+    """The `metric_key_prefix` of this evaluation ("eval", or e.g. "test" for
+    `trainer.evaluate(test, metric_key_prefix="test")`), read off the keys the Trainer wrote, so NC metrics of a test
+    pass are not labelled as validation."""
     for key in metrics or {}:
         if key.endswith("_runtime"):
             return key[: -len("_runtime")]
@@ -126,8 +133,8 @@ def broadcast_buffers_from_rank_zero(model: torch.nn.Module) -> None:
 def measure_collapse(
     model: torch.nn.Module,
     loader: Any,
-    num_classes: Optional[int] = None,
-    head_module: Optional[str] = None,
+    num_classes: int | None = None,
+    head_module: str | None = None,
     *,
     nc4: bool = True,
 ) -> dict[str, float]:

@@ -7,7 +7,7 @@ SkipCollapse's architecture discovery looks through it (module names gain the `t
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,11 +25,13 @@ class TimmImageClassifier(nn.Module):
     def num_labels(self) -> int:
         return self.timm_model.num_classes
 
-    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> SequenceClassifierOutput:
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
         return self.output_from_logits(self.timm_model(pixel_values), labels)
 
     def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs: Optional[dict[str, Any]] = None, every_n_layers: int = 1,
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
         offload: bool = False,
     ) -> None:
         """What the Trainer calls for ``activation_checkpointing=True`` (``gradient_checkpointing=True``): timm's own
@@ -45,7 +47,7 @@ class TimmImageClassifier(nn.Module):
         self.timm_model.set_grad_checkpointing(False)
 
     def gradient_checkpointing_enable(
-        self, gradient_checkpointing_kwargs: Optional[dict[str, Any]] = None, **kwargs: Any
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         """The older name, which peft and the Trainer of transformers < 5 call."""
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
@@ -53,7 +55,7 @@ class TimmImageClassifier(nn.Module):
     gradient_checkpointing_disable = activation_checkpointing_disable
 
     @staticmethod
-    def output_from_logits(logits: torch.Tensor, labels: Optional[torch.Tensor] = None) -> SequenceClassifierOutput:
+    def output_from_logits(logits: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
         """What `forward` returns for these logits (also used when an adapter computes the logits itself)."""
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)

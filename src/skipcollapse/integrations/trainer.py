@@ -2,8 +2,8 @@
 
 Two ways in, the same loss:
 
-* `CollapseLossFunc(model, collapse_lambda)` is a `compute_loss_func` for a plain `Trainer`: cross-entropy plus λ times the
-  within-class collapse penalty of the head input z, read from the same forward pass.
+* `CollapseLossFunc(model, collapse_lambda)` is a `compute_loss_func` for a plain `Trainer`: cross-entropy plus λ
+  times the within-class collapse penalty of the head input z, read from the same forward pass.
 * `CollapseTrainer(..., collapse_lambda=λ, gc_lambda=γ)` wires that in, logs the loss's parts (`ce`,
   `collapse_penalty`, `geometric_complexity`) next to `loss`, and adds the optional geometric-complexity
   regulariser, which needs the inputs that a `compute_loss_func` never sees.
@@ -13,13 +13,13 @@ summed over processes when `average_tokens_across_devices`), it neither divides 
 steps nor averages it over processes by itself. The cross-entropy is then a sum over `num_items_in_batch`, and the
 penalty of each micro-batch is weighted by its share of the items, so that the optimised objective is the mean CE
 over the window plus λ times the item-weighted mean of the micro-batch penalties, on one process or many (the
-penalty's statistics are all-reduced with autograd, see `skipcollapse.collapse.loss`). The logged parts are weighted the same
-way (by each micro-batch's labelled items) and averaged over processes, like the Trainer's own `loss`.
+penalty's statistics are all-reduced with autograd, see `skipcollapse.collapse.loss`). The logged parts are weighted
+the same way (by each micro-batch's labelled items) and averaged over processes, like the Trainer's own `loss`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +30,6 @@ from ..collapse.distributed import is_distributed
 from ..collapse.features import HeadInputs, logits_of
 from ..collapse.geometric_complexity import gc_from_outputs
 from ..collapse.loss import CollapseLoss
-
 
 LOGGED_PARTS = ("ce", "collapse_penalty", "geometric_complexity")
 """What `CollapseLossFunc` can log: one fixed set, so every process joins the same all-reduce when the Trainer logs,
@@ -56,8 +55,8 @@ class CollapseLossFunc:
         self,
         model: nn.Module,
         collapse_lambda: float = 0.1,
-        num_classes: Optional[int] = None,
-        head_module: Optional[str] = None,
+        num_classes: int | None = None,
+        head_module: str | None = None,
         label_smoothing: float = 0.0,
     ) -> None:
         self.capture = HeadInputs(model, head_module)
@@ -142,8 +141,8 @@ class CollapseTrainer(Trainer):
         collapse_lambda: float = 0.1,
         gc_lambda: float = 0.0,
         gc_projections: int = 1,
-        num_classes: Optional[int] = None,
-        head_module: Optional[str] = None,
+        num_classes: int | None = None,
+        head_module: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -160,9 +159,12 @@ class CollapseTrainer(Trainer):
             )
         # What captures z for the GC term and logs the loss's parts: the CollapseLossFunc in use, or, next to a loss
         # function of the user's, a λ = 0 one that only captures z and logs the GC.
-        self._collapse_func: Optional[CollapseLossFunc] = (
-            func if isinstance(func, CollapseLossFunc)
-            else CollapseLossFunc(self.model, 0.0, num_classes, head_module) if gc_lambda else None
+        self._collapse_func: CollapseLossFunc | None = (
+            func
+            if isinstance(func, CollapseLossFunc)
+            else CollapseLossFunc(self.model, 0.0, num_classes, head_module)
+            if gc_lambda
+            else None
         )
         self.gc_lambda = gc_lambda
         self.gc_projections = gc_projections

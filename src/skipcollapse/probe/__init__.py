@@ -14,10 +14,12 @@ training, at two levels:
 Blocks are pooled as the adapter would pool them (`skipcollapse.adapter.layer.pool`), the way the model pools its
 last block (measured, `skipcollapse.adapter.measure.classified_pooling`): the CLS token (after the model's own final
 norm where its width fits) for ViT/BERT-style encoders, a mean over tokens, the last token for decoders, the global
-average for CNN maps (whose width changes per stage: one metric per block, so that is fine). Under ``torch.distributed`` each process probes its shard of a
-dataset (`skipcollapse.collapse.features.shard_loader`) and the statistics are summed across processes, so every
+average for CNN maps (whose width changes per stage: one metric per block, so that is fine). Under
+``torch.distributed`` each process probes its shard of a dataset (`skipcollapse.collapse.features.shard_loader`) and
+the statistics are summed across processes, so every
 process gets the same report.
 """
+
 from .layers import probe_layers
 from .ranking import rank_backbones, rank_correlation, score_backbone, score_correlations
 from .report import RECOMMENDATION_RULE, LayerReport, LayerRow, recommend_layer

@@ -4,8 +4,8 @@ labels, features gathered across processes for the non-additive scores."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,7 +20,7 @@ from ..collapse.metrics import CollapseMetrics
 from ..collapse.transferability import h_score, logme
 from .report import METRIC_KEYS as _METRIC_KEYS
 
-Data = Union[Dataset, DataLoader, Iterable]
+Data = Dataset | DataLoader | Iterable
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -30,8 +30,8 @@ def _is_dataset(data: Any) -> bool:
 
 
 def _make_loader(
-    data: Data, batch_size: int, collate_fn: Optional[Callable], max_examples: Optional[int], seed: int
-) -> tuple[Iterable, Optional[int]]:
+    data: Data, batch_size: int, collate_fn: Callable | None, max_examples: int | None, seed: int
+) -> tuple[Iterable, int | None]:
     """(batches of this process, a local cap on examples or None).
 
     A dataset is subsampled *globally* first (a seeded random subset of ``max_examples``: datasets are often
@@ -57,8 +57,14 @@ def _truncate(inputs: Any, labels: torch.Tensor, keep: int) -> tuple[Any, torch.
 
 
 def _batches(
-    model: nn.Module, data: Data, batch_size: int, collate_fn: Optional[Callable], max_examples: Optional[int],
-    seed: int, progress: bool, desc: str,
+    model: nn.Module,
+    data: Data,
+    batch_size: int,
+    collate_fn: Callable | None,
+    max_examples: int | None,
+    seed: int,
+    progress: bool,
+    desc: str,
 ) -> Iterable[tuple[Any, torch.Tensor]]:
     """Yield (inputs, labels) after running ``model`` on them once, in eval mode under no_grad.
 
@@ -106,7 +112,7 @@ def _transfer_scores(features: list[torch.Tensor], labels: list[torch.Tensor]) -
     return h_score(z, y), logme(z, y)
 
 
-def _metric_values(metric: CollapseMetrics) -> tuple[dict[str, float], Optional[int], int]:
+def _metric_values(metric: CollapseMetrics) -> tuple[dict[str, float], int | None, int]:
     """(metrics, width, examples) over all processes (collective: every rank calls it for every metric)."""
     synced = metric.sync()
     try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from ..collapse.metrics import CollapseMetrics
 from .data import _batches, _metric_values, _transfer_scores
 from .report import LayerReport, LayerRow
 
-Data = Union[Dataset, DataLoader, Iterable]
+Data = Dataset | DataLoader | Iterable
 
 
 # ------------------------------------------------------------------------------------------------ probe
@@ -47,11 +47,11 @@ def probe_layers(
     num_classes: int,
     *,
     batch_size: int = 32,
-    collate_fn: Optional[Callable] = None,
-    layers: Optional[Sequence[str]] = None,
-    max_examples: Optional[int] = None,
+    collate_fn: Callable | None = None,
+    layers: Sequence[str] | None = None,
+    max_examples: int | None = None,
     scores: bool = False,
-    pooling: Optional[str] = None,
+    pooling: str | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> LayerReport:
@@ -82,7 +82,7 @@ def probe_layers(
     ``num_examples == 0``. Collective under ``torch.distributed``: every process must call it.
     """
     base = base_model(model)
-    arch: Optional[Architecture] = discover(base)
+    arch: Architecture | None = discover(base)
     blocks = list(arch.blocks) if arch else []
     names = list(layers) if layers is not None else list(blocks)
     if not names:
@@ -97,7 +97,9 @@ def probe_layers(
         try:
             modules[name] = base.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"{type(base).__name__} has no module {name!r} ({candidates_message(base, name, blocks)})") from None
+            raise ValueError(
+                f"{type(base).__name__} has no module {name!r} ({candidates_message(base, name, blocks)})"
+            ) from None
     in_blocks = all(name in blocks for name in names)
     if in_blocks:  # probe in forward order, indexed like SkipCollapseConfig(source_layer=<int>)
         names.sort(key=blocks.index)
@@ -122,9 +124,13 @@ def probe_layers(
 
     metrics = {name: CollapseMetrics(num_classes) for name in names}
     kept: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {name: ([], []) for name in names}
-    handles = [target.register_forward_hook(make_hook(name)) for name in names for target in _hook_targets(modules[name])]
+    handles = [
+        target.register_forward_hook(make_hook(name)) for name in names for target in _hook_targets(modules[name])
+    ]
     try:
-        for _, labels in _batches(model, dataset_or_loader, batch_size, collate_fn, max_examples, seed, progress, "probe"):
+        for _, labels in _batches(
+            model, dataset_or_loader, batch_size, collate_fn, max_examples, seed, progress, "probe"
+        ):
             for name, features in captured.items():
                 features = features.detach().float()
                 metrics[name].update(features, labels)

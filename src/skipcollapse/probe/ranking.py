@@ -4,8 +4,8 @@ against measured transfer accuracies."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from ..collapse.features import HeadInputs
 from ..collapse.metrics import CollapseMetrics
 from .data import _batches, _is_dataset, _metric_values, _transfer_scores
 
-Data = Union[Dataset, DataLoader, Iterable]
+Data = Dataset | DataLoader | Iterable
 
 
 # ---------------------------------------------------------------------------------------- ranking backbones
@@ -25,9 +25,9 @@ def score_backbone(
     num_classes: int,
     *,
     batch_size: int = 32,
-    collate_fn: Optional[Callable] = None,
-    max_examples: Optional[int] = None,
-    head_module: Optional[str] = None,
+    collate_fn: Callable | None = None,
+    max_examples: int | None = None,
+    head_module: str | None = None,
     seed: int = 0,
     progress: bool = True,
     desc: str = "score",
@@ -49,7 +49,14 @@ def score_backbone(
             labels_kept.append(labels.cpu())
     values, width, count = _metric_values(metric)
     hs, lm = _transfer_scores(features, labels_kept)
-    return {"width": width, "num_examples": count, "nc1": values["nc1"], "cdnv": values["cdnv"], "h_score": hs, "logme": lm}
+    return {
+        "width": width,
+        "num_examples": count,
+        "nc1": values["nc1"],
+        "cdnv": values["cdnv"],
+        "h_score": hs,
+        "logme": lm,
+    }
 
 
 # Score name -> True where higher values predict better transfer.
@@ -58,6 +65,7 @@ _SCORES = {"nc1": False, "cdnv": False, "h_score": True, "logme": True}
 
 def _competition_ranks(values: Sequence[float], higher_is_better: bool) -> list[int]:
     """1 = best; equal values share a rank ("1224"); NaN ranks last."""
+
     def key(v: float) -> float:
         if not math.isfinite(v):
             return math.inf
@@ -69,13 +77,13 @@ def _competition_ranks(values: Sequence[float], higher_is_better: bool) -> list[
 
 def rank_backbones(
     backbones: Mapping[str, nn.Module],
-    data: Union[Data, Mapping[str, Data], Callable[[str, nn.Module], Data]],
+    data: Data | Mapping[str, Data] | Callable[[str, nn.Module], Data],
     num_classes: int,
     *,
     batch_size: int = 32,
-    collate_fn: Union[Callable, Mapping[str, Callable], None] = None,
-    max_examples: Optional[int] = None,
-    accuracies: Optional[Mapping[str, float]] = None,
+    collate_fn: Callable | Mapping[str, Callable] | None = None,
+    max_examples: int | None = None,
+    accuracies: Mapping[str, float] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -103,8 +111,15 @@ def rank_backbones(
             backbone_data = data
         collate = collate_fn[name] if isinstance(collate_fn, Mapping) else collate_fn
         result = score_backbone(
-            model, backbone_data, num_classes, batch_size=batch_size, collate_fn=collate,
-            max_examples=max_examples, seed=seed, progress=progress, desc=name,
+            model,
+            backbone_data,
+            num_classes,
+            batch_size=batch_size,
+            collate_fn=collate,
+            max_examples=max_examples,
+            seed=seed,
+            progress=progress,
+            desc=name,
         )
         rows.append({"name": name, **result})
     if accuracies is not None:
@@ -118,8 +133,8 @@ def rank_backbones(
 
 
 def rank_correlation(
-    scores: Union[Mapping[str, float], Sequence[float]],
-    accuracies: Union[Mapping[str, float], Sequence[float]],
+    scores: Mapping[str, float] | Sequence[float],
+    accuracies: Mapping[str, float] | Sequence[float],
     *,
     lower_is_better: bool = False,
 ) -> float:
@@ -162,8 +177,6 @@ def rank_correlation(
 def score_correlations(rows: Sequence[Mapping[str, Any]], accuracies: Mapping[str, float]) -> dict[str, float]:
     """Kendall's τ_b of each score of `rank_backbones` rows with measured accuracies (+1: perfect ordering)."""
     return {
-        score: rank_correlation(
-            {r["name"]: r[score] for r in rows}, accuracies, lower_is_better=not higher
-        )
+        score: rank_correlation({r["name"]: r[score] for r in rows}, accuracies, lower_is_better=not higher)
         for score, higher in _SCORES.items()
     }

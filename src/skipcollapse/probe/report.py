@@ -8,10 +8,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from .._io import atomic_path, write_atomic
-
 
 RECOMMENDATION_RULE = (
     "the block with the lowest NC1 on the downstream training data among all blocks but the model's last one "
@@ -37,18 +36,18 @@ class LayerRow:
 
     index: int
     name: str
-    width: Optional[int]
+    width: int | None
     num_examples: int
     nc1: float = math.nan
     cdnv: float = math.nan
     nc2_equinorm: float = math.nan
     nc2_equiangle: float = math.nan
     nc2_etf_distance: float = math.nan
-    h_score: Optional[float] = None
-    logme: Optional[float] = None
+    h_score: float | None = None
+    logme: float | None = None
 
 
-def recommend_layer(rows: Sequence[LayerRow], last_block: Optional[str] = None) -> Optional[LayerRow]:
+def recommend_layer(rows: Sequence[LayerRow], last_block: str | None = None) -> LayerRow | None:
     """Apply `RECOMMENDATION_RULE` to probed rows (in block order); None when no row has a finite NC1.
 
     Args:
@@ -75,12 +74,12 @@ class LayerReport:
     num_classes: int
     pooling: str
     skip_norm: str = ""
-    last_block: Optional[str] = None
+    last_block: str | None = None
     rule: str = RECOMMENDATION_RULE
     notes: list[str] = field(default_factory=list)
 
     @property
-    def recommended(self) -> Optional[LayerRow]:
+    def recommended(self) -> LayerRow | None:
         """The block to fine-tune with SCL-FT (see `RECOMMENDATION_RULE`); its ``name`` and ``index`` are both
         valid ``SkipCollapseConfig(source_layer=...)`` values for models whose blocks `discover` finds."""
         return recommend_layer(self.layers, self.last_block)
@@ -99,7 +98,7 @@ class LayerReport:
         chosen = self.recommended
         return [{**asdict(row), "recommended": chosen is not None and row.name == chosen.name} for row in self.layers]
 
-    def to_csv(self, path: Union[str, Path]) -> Path:
+    def to_csv(self, path: str | Path) -> Path:
         path = Path(path)
         rows = self.to_rows()
         with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
@@ -108,7 +107,7 @@ class LayerReport:
             writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
         return path
 
-    def to_json(self, path: Union[str, Path]) -> Path:
+    def to_json(self, path: str | Path) -> Path:
         """Strict JSON: non-finite numbers (a block that did not run, coinciding means) are written as null."""
         path = Path(path)
         chosen = self.recommended
@@ -123,7 +122,7 @@ class LayerReport:
         }
         return write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
-    def plot(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
+    def plot(self, path: str | Path, title: str | None = None) -> Path:
         """NC1 and CDNV per block on a log scale, the recommended block marked; written with the Agg canvas
         (no pyplot, so the caller's matplotlib backend is left alone)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -140,8 +139,15 @@ class LayerReport:
         chosen = self.recommended
         if chosen is not None and math.isfinite(chosen.nc1) and chosen.nc1 > 0:
             ax.axvline(chosen.index, color="tab:red", linestyle="--", linewidth=1)
-            ax.plot([chosen.index], [chosen.nc1], marker="*", markersize=16, color="tab:red", linestyle="none",
-                    label=f"recommended: {chosen.name} (#{chosen.index})")
+            ax.plot(
+                [chosen.index],
+                [chosen.nc1],
+                marker="*",
+                markersize=16,
+                color="tab:red",
+                linestyle="none",
+                label=f"recommended: {chosen.name} (#{chosen.index})",
+            )
         ax.set_xticks(index)
         ax.set_xlabel("block index")
         ax.set_ylabel("collapse on downstream data (lower: more collapsed)")
@@ -152,7 +158,7 @@ class LayerReport:
             fig.savefig(tmp, dpi=120, format="png")
         return path
 
-    def save(self, directory: Union[str, Path], title: Optional[str] = None) -> list[Path]:
+    def save(self, directory: str | Path, title: str | None = None) -> list[Path]:
         """Write probe.csv, probe.json and probe.png into `directory`; returns their paths.
 
         The three are written to temporary files first and renamed together at the end, so an interrupted save
@@ -160,8 +166,11 @@ class LayerReport:
         """
         directory = Path(directory)
         names = ("probe.csv", "probe.json", "probe.png")
-        with atomic_path(directory / names[0]) as csv_tmp, atomic_path(directory / names[1]) as json_tmp, \
-                atomic_path(directory / names[2]) as png_tmp:
+        with (
+            atomic_path(directory / names[0]) as csv_tmp,
+            atomic_path(directory / names[1]) as json_tmp,
+            atomic_path(directory / names[2]) as png_tmp,
+        ):
             self.to_csv(csv_tmp)
             self.to_json(json_tmp)
             self.plot(png_tmp, title=title)
@@ -169,13 +178,22 @@ class LayerReport:
 
     def __str__(self) -> str:
         with_scores = any(r.h_score is not None or r.logme is not None for r in self.layers)
-        header = ["", "idx", "block", "width", "n", "nc1", "cdnv", "nc2_etf"] + (["h_score", "logme"] if with_scores else [])
+        header = ["", "idx", "block", "width", "n", "nc1", "cdnv", "nc2_etf"] + (
+            ["h_score", "logme"] if with_scores else []
+        )
         chosen = self.recommended
         body = []
         for r in self.layers:
-            cells = ["*" if chosen is not None and r.name == chosen.name else "", str(r.index), r.name,
-                     "-" if r.width is None else str(r.width), str(r.num_examples),
-                     _fmt(r.nc1), _fmt(r.cdnv), _fmt(r.nc2_etf_distance)]
+            cells = [
+                "*" if chosen is not None and r.name == chosen.name else "",
+                str(r.index),
+                r.name,
+                "-" if r.width is None else str(r.width),
+                str(r.num_examples),
+                _fmt(r.nc1),
+                _fmt(r.cdnv),
+                _fmt(r.nc2_etf_distance),
+            ]
             if with_scores:
                 cells += [_fmt(r.h_score), _fmt(r.logme)]
             body.append(cells)
@@ -196,7 +214,7 @@ def _positive(value: float) -> float:
     return value if math.isfinite(value) and value > 0 else math.nan
 
 
-def _fmt(value: Optional[float]) -> str:
+def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if math.isfinite(value) else str(value)
@@ -207,6 +225,8 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
     numeric = {i for i, h in enumerate(header) if h not in ("", "block", "name")}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(row) for row in body)]

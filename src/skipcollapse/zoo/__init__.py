@@ -6,7 +6,15 @@ dependencies are the `[recipes]` extra: `pip install "skipcollapse[recipes]"`.
 """
 
 from .backbones import EMBEDDED_BACKBONES, Backbone, load_backbone
-from .tasks import DEFAULT_IMAGE_SIZE, EMBEDDED_TASKS, HelpFormatter, Task, add_data_arguments, load_task, task_from_args
+from .tasks import (
+    DEFAULT_IMAGE_SIZE,
+    EMBEDDED_TASKS,
+    HelpFormatter,
+    Task,
+    add_data_arguments,
+    load_task,
+    task_from_args,
+)
 
 __all__ = [
     "EMBEDDED_BACKBONES",

@@ -7,15 +7,15 @@ PyPI) and `minilm` (MiniLM-L6 from PyPI); `timm:<name>` and transformers ids/pat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from torch import nn
 
 from ..integrations.timm import TimmImageClassifier
 from . import pretrained
 from .names import EMBEDDED_BACKBONES, resolve_backbone  # noqa: F401  (re-exported)
-
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Backbone:
         return default_data_collator if self.modality == "image" else DataCollatorWithPadding(self.tokenizer)
 
 
-def load_backbone(name: str, num_labels: int, image_size: Optional[int] = None) -> Backbone:
+def load_backbone(name: str, num_labels: int, image_size: int | None = None) -> Backbone:
     """`efficientnet_lite0`, `minilm`, `timm:<name>`, or a transformers model id / local path.
 
     Offline, other names fail at once with the choices listed (`skipcollapse.zoo.names`).
@@ -62,7 +62,7 @@ def load_backbone(name: str, num_labels: int, image_size: Optional[int] = None) 
     return _load_transformers_backbone(name, num_labels, image_size)
 
 
-def _load_transformers_backbone(name: str, num_labels: int, image_size: Optional[int]) -> Backbone:
+def _load_transformers_backbone(name: str, num_labels: int, image_size: int | None) -> Backbone:
     from transformers import (
         AutoConfig,
         AutoImageProcessor,

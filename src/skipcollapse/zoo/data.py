@@ -111,7 +111,11 @@ def few_shot_indices(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     labels = _as_labels(labels)
-    pool = torch.arange(len(labels)) if indices is None else torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
+    pool = (
+        torch.arange(len(labels))
+        if indices is None
+        else torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
+    )
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for cls in torch.unique(labels).tolist():
@@ -200,56 +204,120 @@ TEXT_CLASSES: tuple[str, ...] = ("sports", "weather", "food", "tech")
 _TOPIC_WORDS: dict[str, dict[str, list[str]]] = {
     "sports": {
         "subject": [
-            "the striker", "our goalkeeper", "the home team", "the coach", "the marathon runner",
-            "the tennis champion", "the referee", "the rookie pitcher", "the relay squad", "the captain",
+            "the striker",
+            "our goalkeeper",
+            "the home team",
+            "the coach",
+            "the marathon runner",
+            "the tennis champion",
+            "the referee",
+            "the rookie pitcher",
+            "the relay squad",
+            "the captain",
         ],
         "predicate": [
-            "scored twice in the second half", "won the championship final", "missed a penalty kick",
-            "broke the national record", "signed a new contract with the club", "was injured during practice",
-            "led the league in assists", "celebrated the victory with the fans", "lost the match in overtime",
+            "scored twice in the second half",
+            "won the championship final",
+            "missed a penalty kick",
+            "broke the national record",
+            "signed a new contract with the club",
+            "was injured during practice",
+            "led the league in assists",
+            "celebrated the victory with the fans",
+            "lost the match in overtime",
             "trained hard before the tournament",
         ],
     },
     "weather": {
         "subject": [
-            "the forecast", "a cold front", "the storm", "heavy fog", "the heatwave",
-            "a thunderstorm", "the morning frost", "strong wind", "the monsoon", "light snow",
+            "the forecast",
+            "a cold front",
+            "the storm",
+            "heavy fog",
+            "the heatwave",
+            "a thunderstorm",
+            "the morning frost",
+            "strong wind",
+            "the monsoon",
+            "light snow",
         ],
         "predicate": [
-            "brought heavy rain to the coast", "pushed temperatures below freezing", "caused flooding downtown",
-            "kept the sky cloudy all afternoon", "is expected to clear by evening", "dropped ten centimetres of snow",
-            "made the humidity unbearable", "knocked down trees across the valley", "brought sunshine and a warm breeze",
+            "brought heavy rain to the coast",
+            "pushed temperatures below freezing",
+            "caused flooding downtown",
+            "kept the sky cloudy all afternoon",
+            "is expected to clear by evening",
+            "dropped ten centimetres of snow",
+            "made the humidity unbearable",
+            "knocked down trees across the valley",
+            "brought sunshine and a warm breeze",
             "delayed flights because of low visibility",
         ],
     },
     "food": {
         "subject": [
-            "the chef", "my grandmother", "the bakery", "the new restaurant", "the street vendor",
-            "the pastry cook", "our neighbour", "the food truck", "the cooking class", "the waiter",
+            "the chef",
+            "my grandmother",
+            "the bakery",
+            "the new restaurant",
+            "the street vendor",
+            "the pastry cook",
+            "our neighbour",
+            "the food truck",
+            "the cooking class",
+            "the waiter",
         ],
         "predicate": [
-            "served a spicy noodle soup", "baked fresh bread with garlic butter", "grilled salmon with lemon",
-            "made a chocolate cake for dessert", "cooked a vegetable curry with rice", "recommended the cheese platter",
-            "simmered tomato sauce for hours", "prepared dumplings stuffed with pork", "roasted chicken with herbs",
+            "served a spicy noodle soup",
+            "baked fresh bread with garlic butter",
+            "grilled salmon with lemon",
+            "made a chocolate cake for dessert",
+            "cooked a vegetable curry with rice",
+            "recommended the cheese platter",
+            "simmered tomato sauce for hours",
+            "prepared dumplings stuffed with pork",
+            "roasted chicken with herbs",
             "whisked eggs into a fluffy omelette",
         ],
     },
     "tech": {
         "subject": [
-            "the startup", "the software update", "the new smartphone", "the engineers", "the chip maker",
-            "the cloud provider", "the laptop", "the developers", "the robot", "the search engine",
+            "the startup",
+            "the software update",
+            "the new smartphone",
+            "the engineers",
+            "the chip maker",
+            "the cloud provider",
+            "the laptop",
+            "the developers",
+            "the robot",
+            "the search engine",
         ],
         "predicate": [
-            "released a faster processor", "patched a security vulnerability", "crashed after the latest firmware",
-            "launched an app for encrypted messaging", "doubled the battery life", "migrated the database to the cloud",
-            "trained a neural network on the servers", "added support for wireless charging",
-            "open sourced its compiler", "fixed a memory leak in the kernel",
+            "released a faster processor",
+            "patched a security vulnerability",
+            "crashed after the latest firmware",
+            "launched an app for encrypted messaging",
+            "doubled the battery life",
+            "migrated the database to the cloud",
+            "trained a neural network on the servers",
+            "added support for wireless charging",
+            "open sourced its compiler",
+            "fixed a memory leak in the kernel",
         ],
     },
 }
 _OPENERS = ["", "Yesterday", "This morning", "Last week", "According to the news,", "Apparently", "On Sunday", "Today"]
-_CLOSERS = ["", "and everyone was talking about it", "which surprised nobody", "so people shared photos online",
-            "before the weekend", "and the town noticed", "according to my friend Sam", "again"]
+_CLOSERS = [
+    "",
+    "and everyone was talking about it",
+    "which surprised nobody",
+    "so people shared photos online",
+    "before the weekend",
+    "and the town noticed",
+    "according to my friend Sam",
+    "again",
+]
 
 
 def _sentence(rng: random.Random, topic: str) -> str:
@@ -269,8 +337,10 @@ def tiny_text_classification(
     openers/closers. Train and test sentences are distinct; both are class
     balanced and shuffled. Deterministic for a seed.
     """
-    capacity = len(_OPENERS) * len(_CLOSERS) * min(
-        len(words["subject"]) * len(words["predicate"]) for words in _TOPIC_WORDS.values()
+    capacity = (
+        len(_OPENERS)
+        * len(_CLOSERS)
+        * min(len(words["subject"]) * len(words["predicate"]) for words in _TOPIC_WORDS.values())
     )
     if n_train_per_class + n_test_per_class > capacity // 2:
         raise ValueError(f"at most {capacity // 2} sentences per class can be drawn without heavy repetition")

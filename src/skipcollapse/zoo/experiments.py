@@ -29,9 +29,10 @@ import math
 import os
 import statistics
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,12 +66,12 @@ class RunSpec:
     shots: str
     seed: int
     learning_rate: float
-    source_layer: Optional[str] = None
+    source_layer: str | None = None
     collapse_lambda: float = 0.0
     evaluate_test: bool = False
 
     @property
-    def k_shot(self) -> Optional[int]:
+    def k_shot(self) -> int | None:
         return None if self.shots == "full" else int(self.shots)
 
     def key(self, setting: Setting) -> str:
@@ -89,15 +90,17 @@ class Experiment:
     source_candidates: list[str]
     search_seed: int = 0
     chosen: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    path: Optional[Path] = None
+    path: Path | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Experiment":
+    def load(cls, path: str | os.PathLike) -> Experiment:
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"no experiment file {str(path)!r}; the shipped ones are in recipes/experiments/") from None
+            raise FileNotFoundError(
+                f"no experiment file {str(path)!r}; the shipped ones are in recipes/experiments/"
+            ) from None
         unknown = set(raw.get("search_space", {})) - set(METHODS)
         if unknown:
             raise ValueError(f"{path}: search_space names unknown methods {sorted(unknown)}; methods: {list(METHODS)}")
@@ -108,19 +111,28 @@ class Experiment:
             if extra:
                 raise ValueError(f"{path}: search_space[{method!r}] has unknown keys {sorted(extra)}")
         return cls(
-            setting=Setting(**raw["setting"]), shots=[str(s) for s in raw["shots"]], seeds=list(raw["seeds"]),
-            search_space=raw["search_space"], source_candidates=list(raw.get("source_candidates", [])),
-            search_seed=raw.get("search_seed", 0), chosen=raw.get("chosen", {}), path=path,
+            setting=Setting(**raw["setting"]),
+            shots=[str(s) for s in raw["shots"]],
+            seeds=list(raw["seeds"]),
+            search_space=raw["search_space"],
+            source_candidates=list(raw.get("source_candidates", [])),
+            search_seed=raw.get("search_seed", 0),
+            chosen=raw.get("chosen", {}),
+            path=path,
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "setting": dataclasses.asdict(self.setting), "shots": self.shots, "seeds": self.seeds,
-            "search_seed": self.search_seed, "source_candidates": self.source_candidates,
-            "search_space": self.search_space, "chosen": self.chosen,
+            "setting": dataclasses.asdict(self.setting),
+            "shots": self.shots,
+            "seeds": self.seeds,
+            "search_seed": self.search_seed,
+            "source_candidates": self.source_candidates,
+            "search_space": self.search_space,
+            "chosen": self.chosen,
         }
 
-    def save(self, path: Optional[str | os.PathLike] = None) -> Path:
+    def save(self, path: str | os.PathLike | None = None) -> Path:
         target = Path(path or self.path)
         write_atomic(target, json.dumps(self.to_json(), indent=2) + "\n")
         return target
@@ -142,7 +154,7 @@ class ResultCache:
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
 
-    def get(self, key: str) -> Optional[dict[str, Any]]:
+    def get(self, key: str) -> dict[str, Any] | None:
         path = self.directory / f"{key}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
@@ -164,7 +176,7 @@ def _agreed(value: Any) -> Any:
 Runner = Callable[[Setting, RunSpec], dict[str, Any]]
 
 
-def cached_run(setting: Setting, spec: RunSpec, cache: ResultCache, runner: Optional[Runner] = None) -> dict[str, Any]:
+def cached_run(setting: Setting, spec: RunSpec, cache: ResultCache, runner: Runner | None = None) -> dict[str, Any]:
     """The result of `spec`, from the cache or by training (then cached)."""
     key = spec.key(setting)
     hit = _agreed(cache.get(key))
@@ -191,8 +203,9 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
     from .methods import prepare
     from .tasks import load_task
 
-    task = load_task(setting.dataset, k_shot=spec.k_shot, seed=spec.seed,
-                     validation_per_class=setting.validation_per_class)
+    task = load_task(
+        setting.dataset, k_shot=spec.k_shot, seed=spec.seed, validation_per_class=setting.validation_per_class
+    )
     torch.manual_seed(spec.seed)
     backbone = load_backbone(setting.model, task.num_labels, image_size=setting.image_size)
     train, validation = task.dataset("train", backbone), task.dataset("validation", backbone)
@@ -208,7 +221,7 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
 
         best: tuple[float, float] = (-1.0, 0.0)
         step = 0
-        state: Optional[dict[str, torch.Tensor]] = None
+        state: dict[str, torch.Tensor] | None = None
 
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs) -> None:
             if "eval_accuracy" not in metrics:  # the final test evaluation is not a candidate
@@ -221,15 +234,33 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
     keep = KeepBest()
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
-            output_dir=scratch, max_steps=setting.steps, per_device_train_batch_size=setting.batch_size,
-            per_device_eval_batch_size=2 * setting.batch_size, learning_rate=spec.learning_rate,
-            lr_scheduler_type="cosine", warmup_steps=math.ceil(setting.warmup_ratio * setting.steps), weight_decay=0.0,
-            eval_strategy="steps", eval_steps=setting.eval_every, save_strategy="no", logging_strategy="no",
-            report_to=[], seed=spec.seed, disable_tqdm=True, dataloader_num_workers=0,
+            output_dir=scratch,
+            max_steps=setting.steps,
+            per_device_train_batch_size=setting.batch_size,
+            per_device_eval_batch_size=2 * setting.batch_size,
+            learning_rate=spec.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=math.ceil(setting.warmup_ratio * setting.steps),
+            weight_decay=0.0,
+            eval_strategy="steps",
+            eval_steps=setting.eval_every,
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            seed=spec.seed,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
             use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
         )
-        common = dict(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                      data_collator=collate, compute_metrics=_accuracy_and_cross_entropy, callbacks=[keep])
+        common = dict(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=validation,
+            data_collator=collate,
+            compute_metrics=_accuracy_and_cross_entropy,
+            callbacks=[keep],
+        )
         if spec.method == "scl-ft+collapse":
             trainer = CollapseTrainer(**common, collapse_lambda=spec.collapse_lambda, num_classes=task.num_labels)
         else:
@@ -240,9 +271,14 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
             raise ValueError(f"no validation ran: eval_every={setting.eval_every} exceeds steps={setting.steps}")
         model.load_state_dict(keep.state)
         result: dict[str, Any] = {
-            "validation_accuracy": keep.best[0], "validation_cross_entropy": -keep.best[1], "best_step": keep.step,
-            "train_examples": len(train), "validation_examples": len(validation),
-            "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
+            "validation_accuracy": keep.best[0],
+            "validation_cross_entropy": -keep.best[1],
+            "best_step": keep.step,
+            "train_examples": len(train),
+            "validation_examples": len(validation),
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_share": trainable / total,
         }
         if spec.evaluate_test:
             batch = 2 * setting.batch_size
@@ -288,7 +324,8 @@ def select(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
     best = results[0]
     for r in results[1:]:
         if (r["validation_accuracy"], -r["validation_cross_entropy"]) > (
-            best["validation_accuracy"], -best["validation_cross_entropy"]
+            best["validation_accuracy"],
+            -best["validation_cross_entropy"],
         ):
             best = r
     return best
@@ -300,15 +337,27 @@ def probe_block(setting: Setting, shots: str, seed: int, cache: ResultCache) -> 
     from .backbones import load_backbone
     from .tasks import load_task
 
-    key = hashlib.sha256(json.dumps(["probe", PROTOCOL, dataclasses.asdict(setting), shots, seed]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        json.dumps(["probe", PROTOCOL, dataclasses.asdict(setting), shots, seed]).encode()
+    ).hexdigest()[:20]
     hit = _agreed(cache.get(key))
     if hit is not None:
         return hit["recommended"]
-    task = load_task(setting.dataset, k_shot=None if shots == "full" else int(shots), seed=seed,
-                     validation_per_class=setting.validation_per_class)
+    task = load_task(
+        setting.dataset,
+        k_shot=None if shots == "full" else int(shots),
+        seed=seed,
+        validation_per_class=setting.validation_per_class,
+    )
     backbone = load_backbone(setting.model, task.num_labels, image_size=setting.image_size)
-    report = probe_layers(backbone.model, task.dataset("train", backbone), task.num_labels,
-                          batch_size=2 * setting.batch_size, collate_fn=backbone.collator(), progress=False)
+    report = probe_layers(
+        backbone.model,
+        task.dataset("train", backbone),
+        task.num_labels,
+        batch_size=2 * setting.batch_size,
+        collate_fn=backbone.collator(),
+        progress=False,
+    )
     result = {"recommended": report.recommended.name, "nc1": {r.name: r.nc1 for r in report.layers}}
     cache.put(key, result)
     return result["recommended"]
@@ -317,10 +366,10 @@ def probe_block(setting: Setting, shots: str, seed: int, cache: ResultCache) -> 
 def search(
     experiment: Experiment,
     cache: ResultCache,
-    shots_list: Optional[list[str]] = None,
-    methods: Optional[list[str]] = None,
-    runner: Optional[Runner] = None,
-    progress: Optional[Callable[[str], None]] = None,
+    shots_list: list[str] | None = None,
+    methods: list[str] | None = None,
+    runner: Runner | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Tune every method on validation (see the module docstring); records the choices in ``experiment.chosen``.
 
@@ -342,10 +391,19 @@ def search(
                 tried.append(cached_run(setting, spec, cache, runner))
             best = select(tried)
             params = {k: best[k] for k in experiment.search_space[method]}
-            entry = {**params, "source_layer": block, "nc1_source_layer": block,
-                     "validation_accuracy": best["validation_accuracy"],
-                     "grid": [{**{k: r[k] for k in experiment.search_space[method]},
-                               "validation_accuracy": r["validation_accuracy"]} for r in tried]}
+            entry = {
+                **params,
+                "source_layer": block,
+                "nc1_source_layer": block,
+                "validation_accuracy": best["validation_accuracy"],
+                "grid": [
+                    {
+                        **{k: r[k] for k in experiment.search_space[method]},
+                        "validation_accuracy": r["validation_accuracy"],
+                    }
+                    for r in tried
+                ],
+            }
             if method in BLOCK_METHODS:
                 swept = [best]
                 for candidate in experiment.source_candidates:
@@ -356,8 +414,11 @@ def search(
                         progress(f"blocks {shots}-shot {method} {params} block={candidate}")
                     swept.append(cached_run(setting, spec, cache, runner))
                 best_block = select(swept)
-                entry.update(source_layer=best_block["source_layer"], validation_accuracy=best_block["validation_accuracy"],
-                             blocks={r["source_layer"]: r["validation_accuracy"] for r in swept})
+                entry.update(
+                    source_layer=best_block["source_layer"],
+                    validation_accuracy=best_block["validation_accuracy"],
+                    blocks={r["source_layer"]: r["validation_accuracy"] for r in swept},
+                )
             chosen[method] = entry
             if experiment.path is not None and is_main_process():
                 experiment.save()  # choices land in the file as they are made: a stopped search keeps them
@@ -387,15 +448,22 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for label in dict.fromkeys(r["label"] for r in rows if r["shots"] == shots):
             runs = [r for r in rows if r["shots"] == shots and r["label"] == label]
             acc = [100 * r["test_accuracy"] for r in runs]
-            table.append({
-                "shots": shots, "method": label, "seeds": len(runs),
-                "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else math.nan,
-                "learning_rate": runs[0]["learning_rate"], "collapse_lambda": runs[0]["collapse_lambda"],
-                "source_layer": runs[0]["source_layer"], "trainable_params": runs[0]["trainable_params"],
-                "trainable_share": runs[0]["trainable_share"],
-                "nc1_train": statistics.mean(r["nc1_train"] for r in runs),
-                "nc1_test": statistics.mean(r["nc1_test"] for r in runs),
-            })
+            table.append(
+                {
+                    "shots": shots,
+                    "method": label,
+                    "seeds": len(runs),
+                    "accuracy_mean": statistics.mean(acc),
+                    "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else math.nan,
+                    "learning_rate": runs[0]["learning_rate"],
+                    "collapse_lambda": runs[0]["collapse_lambda"],
+                    "source_layer": runs[0]["source_layer"],
+                    "trainable_params": runs[0]["trainable_params"],
+                    "trainable_share": runs[0]["trainable_share"],
+                    "nc1_train": statistics.mean(r["nc1_train"] for r in runs),
+                    "nc1_test": statistics.mean(r["nc1_test"] for r in runs),
+                }
+            )
     return table
 
 
@@ -410,11 +478,17 @@ def paired(rows: list[dict[str, Any]], reference: str = "scl-ft") -> list[dict[s
             if not seeds:
                 continue
             diffs = [100 * (mine[s]["test_accuracy"] - theirs[s]["test_accuracy"]) for s in seeds]
-            out.append({
-                "shots": shots, "reference": reference, "other": label, "seeds": len(seeds),
-                "mean_difference": statistics.mean(diffs),
-                "std_difference": statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
-                "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
-                "param_ratio": theirs[seeds[0]]["trainable_params"] / mine[seeds[0]]["trainable_params"],
-            })
+            out.append(
+                {
+                    "shots": shots,
+                    "reference": reference,
+                    "other": label,
+                    "seeds": len(seeds),
+                    "mean_difference": statistics.mean(diffs),
+                    "std_difference": statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
+                    "wins": sum(d > 0 for d in diffs),
+                    "ties": sum(d == 0 for d in diffs),
+                    "param_ratio": theirs[seeds[0]]["trainable_params"] / mine[seeds[0]]["trainable_params"],
+                }
+            )
     return out

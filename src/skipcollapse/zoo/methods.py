@@ -13,8 +13,6 @@ a baseline whose frozen backbone drifts in train mode would be measured unfairly
 
 from __future__ import annotations
 
-from typing import Optional
-
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -26,7 +24,7 @@ METHODS = ("linear-probe", "full-ft", "lora", "layer-ft", "scl-ft", "scl-ft+coll
 BLOCK_METHODS = ("layer-ft", "scl-ft", "scl-ft+collapse")  # the methods that fine-tune one source block
 
 
-def prepare(model: nn.Module, method: str, source_layer: Optional[str | int] = None, lora_rank: int = 8) -> nn.Module:
+def prepare(model: nn.Module, method: str, source_layer: str | int | None = None, lora_rank: int = 8) -> nn.Module:
     """`model` set up to train with `method` (a new PeftModel for the peft methods)."""
     arch = discover(model)
     if arch is None:
@@ -43,7 +41,12 @@ def prepare(model: nn.Module, method: str, source_layer: Optional[str | int] = N
             for name, m in model.named_modules()
             if any(name.startswith(b + ".") for b in arch.blocks) and _lora_compatible(m)
         ]
-        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=targets, modules_to_save=[arch.head, *arch.modules_to_save])
+        config = LoraConfig(
+            r=lora_rank,
+            lora_alpha=2 * lora_rank,
+            target_modules=targets,
+            modules_to_save=[arch.head, *arch.modules_to_save],
+        )
         peft_model = get_peft_model(model, config)
         keep_frozen_batchnorm_in_eval(peft_model)
         return peft_model
@@ -64,7 +67,7 @@ def _lora_compatible(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == 1  # LoRA on depthwise convs gains little
 
 
-def _block_name(blocks: list[str], source_layer: Optional[str | int]) -> str:
+def _block_name(blocks: list[str], source_layer: str | int | None) -> str:
     if source_layer is None:
         return default_source_block(blocks)
     return blocks[source_layer] if isinstance(source_layer, int) else source_layer

@@ -11,8 +11,9 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 EMBEDDED_BACKBONES = ("efficientnet_lite0", "minilm")
 EMBEDDED_TASKS = ("digits", "tiny-text")
@@ -25,7 +26,9 @@ class UnknownNameError(ValueError):
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _canonical(name: str, choices: tuple[str, ...]) -> str | None:

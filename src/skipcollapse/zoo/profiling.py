@@ -13,11 +13,12 @@ import ctypes
 import gc
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
+
 
 @dataclass
 class PeakMemory:

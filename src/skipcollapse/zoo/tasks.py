@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import Dataset
@@ -31,7 +31,7 @@ class Splits(NamedTuple):
     """The three splits of a task, each preprocessed for one backbone."""
 
     train: Dataset
-    validation: Optional[Dataset]
+    validation: Dataset | None
     test: Dataset
 
 
@@ -53,13 +53,13 @@ class Task:
     test_labels: torch.Tensor
     label_names: list[str] = field(default_factory=list)
     validation_inputs: Any = None
-    validation_labels: Optional[torch.Tensor] = None
+    validation_labels: torch.Tensor | None = None
 
     def datasets(self, backbone: Backbone) -> Splits:
         """Train, validation (None when the task has none) and test sets preprocessed for `backbone`."""
         return Splits(*(self.dataset(split, backbone) for split in Splits._fields))
 
-    def dataset(self, split: str, backbone: Backbone) -> Optional[Dataset]:
+    def dataset(self, split: str, backbone: Backbone) -> Dataset | None:
         """One split preprocessed for `backbone`, as the Trainer consumes it (None for a missing validation split).
 
         Only the split asked for is touched: model selection builds train and validation, never test.
@@ -68,7 +68,8 @@ class Task:
             raise ValueError(f"split must be one of {Splits._fields}, got {split!r}")
         if backbone.modality != self.modality:
             raise ValueError(
-                f"task {self.name!r} holds {self.modality} data but backbone {backbone.name!r} takes {backbone.modality}"
+                f"task {self.name!r} holds {self.modality} data but backbone {backbone.name!r} takes "
+                f"{backbone.modality}"
             )
         inputs, labels = getattr(self, f"{split}_inputs"), getattr(self, f"{split}_labels")
         if labels is None:
@@ -97,7 +98,7 @@ class _TokenizedTexts(Dataset):
 def load_task(
     name: str,
     *,
-    k_shot: Optional[int] = None,
+    k_shot: int | None = None,
     seed: int = 0,
     validation_per_class: int = VALIDATION_PER_CLASS,
     split_seed: int = 0,
@@ -121,12 +122,28 @@ def load_task(
     if name == "digits":
         images, labels = embedded_data.load_digits_images(image_size=8)
         train_idx, test_idx = embedded_data.train_test_split_stratified(labels, test_fraction=0.3, seed=split_seed)
-        task = Task(name, "image", 10, images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
-                    [str(d) for d in range(10)])
+        task = Task(
+            name,
+            "image",
+            10,
+            images[train_idx],
+            labels[train_idx],
+            images[test_idx],
+            labels[test_idx],
+            [str(d) for d in range(10)],
+        )
     elif name == "tiny-text":
         train_x, train_y, test_x, test_y = embedded_data.tiny_text_classification(seed=split_seed)
-        task = Task(name, "text", len(embedded_data.TEXT_CLASSES), train_x, torch.tensor(train_y), test_x,
-                    torch.tensor(test_y), list(embedded_data.TEXT_CLASSES))
+        task = Task(
+            name,
+            "text",
+            len(embedded_data.TEXT_CLASSES),
+            train_x,
+            torch.tensor(train_y),
+            test_x,
+            torch.tensor(test_y),
+            list(embedded_data.TEXT_CLASSES),
+        )
     else:
         task = _load_hf_task(name, image_column, text_column, label_column, train_split, test_split)
     if task.validation_labels is None and validation_per_class > 0:
@@ -145,11 +162,16 @@ def _keep(task: Task, index: torch.Tensor) -> None:
     task.train_labels = task.train_labels[index]
 
 
-def add_data_arguments(parser: Any, image_size: Optional[int] = DEFAULT_IMAGE_SIZE) -> None:
+def add_data_arguments(parser: Any, image_size: int | None = DEFAULT_IMAGE_SIZE) -> None:
     """The backbone and data options every recipe and the CLI share (`task_from_args` reads them back)."""
-    parser.add_argument("--model", default="efficientnet_lite0",
-                        help="efficientnet_lite0, minilm (offline), timm:<name>, or a hub id / local path")
-    parser.add_argument("--dataset", default="digits", help="digits, tiny-text (offline), or a datasets name / local path")
+    parser.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="efficientnet_lite0, minilm (offline), timm:<name>, or a hub id / local path",
+    )
+    parser.add_argument(
+        "--dataset", default="digits", help="digits, tiny-text (offline), or a datasets name / local path"
+    )
     parser.add_argument("--image-column", default="image", help="column of a datasets task that holds the images")
     parser.add_argument("--text-column", default="text", help="column that holds the texts")
     parser.add_argument("--label-column", default="label", help="column that holds the class ids")
@@ -157,17 +179,26 @@ def add_data_arguments(parser: Any, image_size: Optional[int] = DEFAULT_IMAGE_SI
     parser.add_argument("--test-split", default="test", help="split read once for the final test")
     parser.add_argument("--image-size", type=int, default=image_size, help="input resolution for image backbones")
     parser.add_argument("--k-shot", type=int, default=None, help="keep k training examples per class (seeded)")
-    parser.add_argument("--validation-per-class", type=int, default=VALIDATION_PER_CLASS,
-                        help="examples per class held out of training for validation (fixed across seeds)")
+    parser.add_argument(
+        "--validation-per-class",
+        type=int,
+        default=VALIDATION_PER_CLASS,
+        help="examples per class held out of training for validation (fixed across seeds)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw, the head's init and training")
 
 
 def task_from_args(args: Any) -> Task:
     """`load_task` with the options of `add_data_arguments`."""
     return load_task(
-        args.dataset, k_shot=args.k_shot, seed=args.seed, validation_per_class=args.validation_per_class,
+        args.dataset,
+        k_shot=args.k_shot,
+        seed=args.seed,
+        validation_per_class=args.validation_per_class,
         image_column=args.image_column,
-        text_column=args.text_column, label_column=args.label_column, train_split=args.train_split,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        train_split=args.train_split,
         test_split=args.test_split,
     )
 
@@ -184,14 +215,18 @@ def _load_hf_task(
     splits = datasets.load_dataset(name)
     missing = [s for s in (train_split, test_split) if s not in splits]
     if missing:
-        raise ValueError(f"dataset {name!r} has no split(s) {missing}; it has {list(splits)} (set --train-split/--test-split)")
+        raise ValueError(
+            f"dataset {name!r} has no split(s) {missing}; it has {list(splits)} (set --train-split/--test-split)"
+        )
     train, test = splits[train_split], splits[test_split]
     if label_column not in train.column_names:
         raise ValueError(f"dataset {name!r} has no column {label_column!r}; columns: {train.column_names}")
     feature = train.features[label_column]
     label_names = list(getattr(feature, "names", []) or [])
     num_labels = len(label_names) or int(max(train[label_column])) + 1
-    parts = [train, test] + ([splits["validation"]] if "validation" in splits and "validation" not in (train_split, test_split) else [])
+    parts = [train, test] + (
+        [splits["validation"]] if "validation" in splits and "validation" not in (train_split, test_split) else []
+    )
     labels = [torch.tensor(split[label_column]) for split in parts]
     if image_column in train.column_names:
         inputs = [_images_to_tensor(split[image_column]) for split in parts]
