@@ -505,6 +505,15 @@ class SkipHeadLayer(SkipCollapseLayer):
             z = x + skip.to(x.dtype)
         return head(_cast(z, dtype_of(head)))
 
+    def classifiers(self) -> list[nn.Module]:
+        """Every module that may map the head input z to logits: the adapters' head copies and the frozen head
+        (which runs when adapters are off). What `HeadInputs` hooks."""
+        return [*self.skipcollapse_head_copy.values(), self.base_layer]
+
+    def classifier(self, adapter: str | None) -> nn.Linear:
+        """The linear layer that maps z to logits for `adapter` (its head copy), or the frozen head for None."""
+        return self.skipcollapse_head_copy[adapter] if adapter is not None else self.base_layer
+
     def _skip(self, adapter: str, pooled: torch.Tensor, root: nn.Module) -> torch.Tensor:
         """g·P(norm(s)) for add/concat fusion, P(norm(s)) for replace."""
         norm_name = self._skip_norms.get(adapter)

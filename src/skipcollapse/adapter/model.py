@@ -62,6 +62,13 @@ class SkipCollapseModel(BaseTuner):
     tuner_layer_cls = SkipCollapseLayer
     target_module_mapping: dict[str, list[str]] = {}
 
+    def __init__(self, model: nn.Module, config: Any, adapter_name: str, **kwargs: Any) -> None:
+        # The tuner's own state, before peft's __init__ injects the first adapter.
+        self._bypass_plan: dict[tuple[Any, Any], dict[str, OutputTemplate | None]] = {}  # per (source, head)
+        self._scoped_names: list[str] = []  # where the layers are, for the hooks that open and close each scope
+        self._scope_hooks: list[Any] = []
+        super().__init__(model, config, adapter_name, **kwargs)
+
     # ----------------------------------------------------------------------------------------- injection
     def _prepare_adapter_config(self, peft_config: SkipCollapseConfig, model_config: dict) -> SkipCollapseConfig:
         return peft_config  # resolved against the model itself in _prepare_model (peft passes no model here)
@@ -72,7 +79,7 @@ class SkipCollapseModel(BaseTuner):
         Runs before peft matches modules, so a bad name fails before the model is touched.
         """
         templates = _resolve_config(peft_config, model)
-        self._bypass_plan = {**getattr(self, "_bypass_plan", {}), _plan_key(peft_config): templates}
+        self._bypass_plan[_plan_key(peft_config)] = templates
 
     def _check_target_module_exists(self, peft_config: SkipCollapseConfig, key: str) -> bool:
         return key in (peft_config.source_layer, peft_config.head_module) or key in self._bypassed(peft_config)
@@ -82,7 +89,7 @@ class SkipCollapseModel(BaseTuner):
         (name -> the structure its module returns), planned when the config was resolved."""
         if config.fusion != "replace":
             return {}
-        return getattr(self, "_bypass_plan", {}).get(_plan_key(config), {})
+        return self._bypass_plan.get(_plan_key(config), {})
 
     def _create_and_replace(
         self,
@@ -140,11 +147,9 @@ class SkipCollapseModel(BaseTuner):
             passed.modules_to_save = [name for name in passed.modules_to_save if name in kept]
         # Where the layers are, for the hooks that open and close each call's scope (updated in place, so hooks
         # registered for an earlier adapter see the layers of a later one too).
-        names = getattr(self, "_scoped_names", None)
-        if names is None:
-            names = self._scoped_names = []
+        names = self._scoped_names
         names[:] = [name for name, module in model.named_modules() if isinstance(module, SkipCollapseLayer)]
-        if not getattr(self, "_scope_hooks", None):
+        if not self._scope_hooks:
             self._scope_hooks = [
                 model.register_forward_pre_hook(functools.partial(scope_pre_hook, names=names), with_kwargs=True),
                 model.register_forward_hook(
@@ -168,7 +173,7 @@ class SkipCollapseModel(BaseTuner):
     def call_scope(self, root: nn.Module | None = None, token_mask: torch.Tensor | None = None):
         """A context manager holding one call's scope, for code that runs this model's modules itself instead of
         calling the model (the prefix cache): what the model's own forward hooks open and close around each call."""
-        return call_scope(self.model if root is None else root, getattr(self, "_scoped_names", None), token_mask)
+        return call_scope(self.model if root is None else root, self._scoped_names, token_mask)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         # Call the model, not its .forward, so the hooks that open the call's scope run.
@@ -181,7 +186,7 @@ class SkipCollapseModel(BaseTuner):
             setattr(parent, child_name, new_module)
 
     def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
-        for handle in getattr(self, "_scope_hooks", None) or []:
+        for handle in self._scope_hooks:
             handle.remove()
         self._scope_hooks = []
         return super()._unload_and_optionally_merge(*args, **kwargs)

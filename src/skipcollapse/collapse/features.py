@@ -1,10 +1,11 @@
 """What the classifier head sees: capture it during ordinary forward passes, for any classifier.
 
 The neural-collapse quantities are about the head's input z. `HeadInputs` puts a forward pre-hook on the module
-that maps z to logits: the head of a plain transformers/timm model or a LoRA PeftModel (found by the architecture
-table or named by the caller), or the active adapter's head copy of a SkipCollapse model (found from its peft
-config, without importing the adapter). One forward pass yields logits and features together: measuring never
-costs a second pass.
+that maps z to logits: the head of a plain transformers/timm model or a LoRA PeftModel (found by the adapter's
+public `discover`, or named by the caller), or the active adapter's head copy of a SkipCollapse model (found from
+its peft config and the head layer's public `classifiers`/`classifier`). A head that runs on every token (decoder
+classifiers) is read at the token the model classifies. One forward pass yields logits and features together:
+measuring never costs a second pass.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .._torch_utils import device_of, eval_mode
-from ..adapter.architectures import candidates_message, discover
+from ..adapter import candidates_message, discover
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -69,11 +70,11 @@ class HeadInputs:
                 f"nn.Linear> ({candidates_message(base, 'classifier', [], kind=nn.Linear)})"
             )
         self.head = base.get_submodule(name)
-        # A SkipCollapse head maps the fused z with its adapter's copy (or its base layer when adapters are off);
-        # a plain head, or a peft wrapper of it, receives z itself.
-        copies = getattr(self.head, "skipcollapse_head_copy", None)
-        self._active = getattr(model, "active_adapter", None) if copies is not None else None
-        self._targets = [*copies.values(), self.head.base_layer] if copies is not None else [self.head]
+        # A SkipCollapse head (its public `classifiers`/`classifier`) maps the fused z with its adapter's copy, or
+        # its frozen head when adapters are off; a plain head, or a peft wrapper of it, receives z itself.
+        adapted = callable(getattr(self.head, "classifiers", None))
+        self._active = getattr(model, "active_adapter", None) if adapted else None
+        self._targets = list(self.head.classifiers()) if adapted else [self.head]
         self._handles = [t.register_forward_pre_hook(self._remember) for t in self._targets]
         # A head that runs on every token (decoder classifiers) is read at the token the model classifies, found
         # from the call's input ids as the model finds it.
@@ -119,7 +120,7 @@ class HeadInputs:
     def head_weight(self) -> torch.Tensor:
         """The weight [K, d] of the head that maps z to logits (the adapter's own head under SkipCollapse)."""
         if self._active is not None:
-            return self.head.skipcollapse_head_copy[self._active].weight
+            return self.head.classifier(self._active).weight
         head = self.head
         for attr in ("modules_to_save", "base_layer"):  # peft wrappers of a plain head
             inner = getattr(head, attr, None)
