@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from tiny_models import build, logits_of, loss_of, make_inputs
+from tiny_models import build, logits_of, loss_of, make_inputs, training_args
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from skipcollapse import HeadInputs, SkipCollapseConfig
 from skipcollapse.cache import CachedSkipModel, PrefixCache, build_prefix_cache
@@ -136,23 +136,13 @@ def test_optimizer_steps_from_cache_equal_uncached(family: str, fusion: str) -> 
 
 def test_trainer_from_cache_equals_trainer_without_and_saves_the_adapter(tmp_path) -> None:
     data = PixelExamples("timm-efficientnet", n=16)
-    args = dict(
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-2,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    args = dict(per_device_train_batch_size=4, max_steps=3, dataloader_num_workers=0, disable_tqdm=True)
     plain = adapted("timm-efficientnet", wrap=True, fusion="add")
-    Trainer(model=plain, args=TrainingArguments(output_dir=str(tmp_path / "a"), **args), train_dataset=data).train()
+    Trainer(model=plain, args=training_args(tmp_path / "a", **args), train_dataset=data).train()
 
     peft_model = adapted("timm-efficientnet", wrap=True, fusion="add")
     cached = CachedSkipModel(peft_model, build_prefix_cache(peft_model, data))
-    args_b = TrainingArguments(output_dir=str(tmp_path / "b"), **args)
+    args_b = training_args(tmp_path / "b", **args)
     Trainer(model=cached, args=args_b, train_dataset=cached.dataset()).train()
 
     assert_same_and_trained(peft_model, plain, adapted("timm-efficientnet", wrap=True, fusion="add"))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from tiny_models import build, logits_of, make_inputs
-from transformers import Trainer, TrainingArguments
+from tiny_models import build, logits_of, make_inputs, training_args
+from transformers import Trainer
 
 from skipcollapse import SkipCollapseConfig
 
@@ -30,18 +30,7 @@ def _accuracy(prediction) -> dict[str, float]:
 @pytest.mark.parametrize("family,fusion", [("hf-vit", "add"), ("hf-resnet", "replace"), ("hf-bert", "concat")])
 def test_trainer_trains_evaluates_and_saves(family: str, fusion: str, tmp_path) -> None:
     model = get_peft_model(build(family), SkipCollapseConfig(fusion=fusion))
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=8,
-        max_steps=4,
-        learning_rate=1e-2,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-    )
+    args = training_args(tmp_path / "run", max_steps=4)
     data = _Dicts(family)
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, compute_metrics=_accuracy)
     trainer.train()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from peft import get_peft_model
 from test_trainer import _Dicts
-from tiny_models import build, make_inputs
+from tiny_models import build, make_inputs, training_args
 from transformers import Trainer, TrainingArguments
 
 from skipcollapse import (
@@ -24,19 +24,7 @@ NC_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf_distance", "
 
 
 def _args(tmp_path, **overrides) -> TrainingArguments:
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=8,
-        max_steps=2,
-        learning_rate=1e-2,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-    )
-    return TrainingArguments(**{**base, **overrides})
+    return training_args(tmp_path, **overrides)
 
 
 @pytest.mark.parametrize("adapted", [True, False])

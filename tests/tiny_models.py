@@ -145,3 +145,22 @@ def loss_of(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     if "x" in inputs:
         return nn.functional.cross_entropy(model(inputs["x"]), inputs["labels"])
     return model(**inputs).loss
+
+
+def training_args(output_dir, **overrides):
+    """`TrainingArguments` for the tests' short CPU runs: batch 8, 2 steps, lr 1e-2, nothing saved or reported."""
+    from transformers import TrainingArguments
+
+    base = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+    )
+    return TrainingArguments(**{**base, **overrides})
