@@ -11,80 +11,35 @@ from torch import nn
 NUM_LABELS = 3
 
 
-def _hf_vit() -> nn.Module:
-    from transformers import ViTConfig, ViTForImageClassification
+def hf_builder(config_class: str, model_class: str, **config_kwargs) -> Callable[[], nn.Module]:
+    """A builder of `transformers.<model_class>(transformers.<config_class>(**config_kwargs))`.
 
-    config = ViTConfig(
-        image_size=16,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=NUM_LABELS,
-    )
-    return ViTForImageClassification(config)
+    transformers is imported, and the two classes looked up by name, only when the builder runs.
+    """
 
+    def build() -> nn.Module:
+        import transformers
 
-def _hf_resnet() -> nn.Module:
-    from transformers import ResNetConfig, ResNetForImageClassification
+        config = getattr(transformers, config_class)(**config_kwargs)
+        return getattr(transformers, model_class)(config)
 
-    config = ResNetConfig(
-        num_channels=3,
-        embedding_size=8,
-        hidden_sizes=[8, 16, 24, 32],
-        depths=[1, 1, 2, 1],
-        layer_type="bottleneck",
-        num_labels=NUM_LABELS,
-    )
-    return ResNetForImageClassification(config)
+    build.__name__ = build.__qualname__ = model_class
+    return build
 
 
-def _hf_convnext() -> nn.Module:
-    from transformers import ConvNextConfig, ConvNextForImageClassification
-
-    config = ConvNextConfig(
-        num_channels=3,
-        hidden_sizes=[8, 16, 24, 32],
-        depths=[1, 1, 2, 1],
-        num_labels=NUM_LABELS,
-        patch_size=2,
-    )
-    return ConvNextForImageClassification(config)
+def hf_image(prefix: str, **config_kwargs) -> Callable[[], nn.Module]:
+    """A builder of transformers' `<prefix>ForImageClassification` from `<prefix>Config(**config_kwargs)`."""
+    return hf_builder(f"{prefix}Config", f"{prefix}ForImageClassification", **config_kwargs)
 
 
-def _text_kwargs() -> dict:
-    return dict(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=NUM_LABELS,
-    )
+def hf_text(prefix: str, **config_kwargs) -> Callable[[], nn.Module]:
+    """A builder of transformers' `<prefix>ForSequenceClassification` from `<prefix>Config(**config_kwargs)`."""
+    return hf_builder(f"{prefix}Config", f"{prefix}ForSequenceClassification", **config_kwargs)
 
 
-def _hf_bert() -> nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    return BertForSequenceClassification(BertConfig(**_text_kwargs()))
-
-
-def _hf_roberta() -> nn.Module:
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    return RobertaForSequenceClassification(RobertaConfig(pad_token_id=1, **_text_kwargs()))
-
-
-def _hf_distilbert() -> nn.Module:
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    config = DistilBertConfig(
-        vocab_size=64, dim=32, n_layers=4, n_heads=4, hidden_dim=64, max_position_embeddings=64, num_labels=NUM_LABELS
-    )
-    return DistilBertForSequenceClassification(config)
+_BLOCKS = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)  # ViT and text
+_TOKENS = dict(vocab_size=64, max_position_embeddings=64, num_labels=NUM_LABELS)
+_STAGES = dict(num_channels=3, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], num_labels=NUM_LABELS)
 
 
 def _timm(name: str) -> Callable[[], nn.Module]:
@@ -92,12 +47,12 @@ def _timm(name: str) -> Callable[[], nn.Module]:
 
 
 BUILDERS: dict[str, Callable[[], nn.Module]] = {
-    "hf-vit": _hf_vit,
-    "hf-resnet": _hf_resnet,
-    "hf-convnext": _hf_convnext,
-    "hf-bert": _hf_bert,
-    "hf-roberta": _hf_roberta,
-    "hf-distilbert": _hf_distilbert,
+    "hf-vit": hf_image("ViT", image_size=16, patch_size=4, num_channels=3, num_labels=NUM_LABELS, **_BLOCKS),
+    "hf-resnet": hf_image("ResNet", embedding_size=8, layer_type="bottleneck", **_STAGES),
+    "hf-convnext": hf_image("ConvNext", patch_size=2, **_STAGES),
+    "hf-bert": hf_text("Bert", **_BLOCKS, **_TOKENS),
+    "hf-roberta": hf_text("Roberta", pad_token_id=1, **_BLOCKS, **_TOKENS),
+    "hf-distilbert": hf_text("DistilBert", dim=32, n_layers=4, n_heads=4, hidden_dim=64, **_TOKENS),
     "timm-resnet": _timm("test_resnet"),
     "timm-vit": _timm("test_vit"),
     "timm-efficientnet": _timm("test_efficientnet"),
