@@ -3,6 +3,7 @@ against measured transfer accuracies."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -102,6 +103,9 @@ def rank_backbones(
     measured accuracies.
     """
     rows = []
+    score = functools.partial(
+        score_backbone, batch_size=batch_size, max_examples=max_examples, seed=seed, progress=progress
+    )
     for name, model in backbones.items():
         if isinstance(data, Mapping):
             backbone_data = data[name]
@@ -110,17 +114,7 @@ def rank_backbones(
         else:
             backbone_data = data
         collate = collate_fn[name] if isinstance(collate_fn, Mapping) else collate_fn
-        result = score_backbone(
-            model,
-            backbone_data,
-            num_classes,
-            batch_size=batch_size,
-            collate_fn=collate,
-            max_examples=max_examples,
-            seed=seed,
-            progress=progress,
-            desc=name,
-        )
+        result = score(model, backbone_data, num_classes, collate_fn=collate, desc=name)
         rows.append({"name": name, **result})
     if accuracies is not None:
         for row in rows:
