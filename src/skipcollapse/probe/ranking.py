@@ -103,7 +103,7 @@ def rank_backbones(
     measured accuracies.
     """
     rows = []
-    score = functools.partial(
+    score_one = functools.partial(
         score_backbone, batch_size=batch_size, max_examples=max_examples, seed=seed, progress=progress
     )
     for name, model in backbones.items():
@@ -114,7 +114,7 @@ def rank_backbones(
         else:
             backbone_data = data
         collate = collate_fn[name] if isinstance(collate_fn, Mapping) else collate_fn
-        result = score(model, backbone_data, num_classes, collate_fn=collate, desc=name)
+        result = score_one(model, backbone_data, num_classes, collate_fn=collate, desc=name)
         rows.append({"name": name, **result})
     if accuracies is not None:
         for row in rows:
