@@ -122,6 +122,21 @@ def _child(root: nn.Module, name: str) -> nn.Module | None:
     return module
 
 
+@contextlib.contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """The base model's own computation inside the block (measuring it), whatever adapters are on it; every layer's
+    flag is restored afterwards."""
+    layers = _scoped_layers(model)
+    flags = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, flags):
+            layer._disable_adapters = flag
+
+
 def open_scope(
     root: nn.Module, names: Sequence[str] | None = None, token_mask: torch.Tensor | None = None
 ) -> CallScope:

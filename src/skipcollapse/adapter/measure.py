@@ -26,7 +26,7 @@ from torch import nn
 
 from .._torch_utils import device_of, dtype_of, eval_mode
 from .architectures import infer_output_width, is_timm_model
-from .layer import OutputTemplate, first_tensor, output_template
+from .layer import OutputTemplate, adapters_off, first_tensor, output_template
 
 
 @dataclass
@@ -57,7 +57,7 @@ def example_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
         if not usable:
             return None
         # without a pad token a decoder classifier refuses batches of more than one (it cannot find the last token)
-        rows = 2 if getattr(config, "pad_token_id", None) is not None or not _is_decoder(config) else 1
+        rows = 2 if getattr(config, "pad_token_id", None) is not None else 1
         picks = torch.randint(len(usable), (rows, 8), generator=generator)
         ids = torch.tensor(usable)[picks].to(device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -85,32 +85,6 @@ def _execution_device(model: nn.Module) -> torch.device | None:
             return torch.device(hooked) if not isinstance(hooked, torch.device) else hooked
     device = device_of(model)
     return None if device.type == "meta" else device
-
-
-def _is_decoder(config: Any) -> bool:
-    return not getattr(config, "is_encoder_decoder", False) and getattr(config, "model_type", "") not in _ENCODERS
-
-
-# Encoders never refuse a batch for lack of a pad token; every other text model is treated as a decoder here.
-_ENCODERS = {
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "camembert",
-    "distilbert",
-    "deberta",
-    "deberta-v2",
-    "electra",
-    "albert",
-    "mpnet",
-    "modernbert",
-    "roformer",
-    "convbert",
-    "mobilebert",
-    "funnel",
-    "longformer",
-    "xlnet",
-}
 
 
 def _timm_input_size(model: nn.Module) -> tuple[int, int]:
@@ -204,9 +178,7 @@ def classified_pooling(model: nn.Module) -> str:
     inputs = example_inputs(model)
     if arch is None or inputs is None:
         return "mean"
-    from .model import _adapters_off
-
-    with _adapters_off(model):  # the base model's own pooling, whatever an adapter on it does
+    with adapters_off(model):  # the base model's own pooling, whatever an adapter on it does
         found = measure(model, inputs, arch.blocks[-1], arch.head, arch.blocks[-1], [])
     return found.classified or "mean"
 

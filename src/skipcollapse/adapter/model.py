@@ -8,12 +8,10 @@ BatchNorm statistics frozen in train mode.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import re
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,7 +37,8 @@ from .layer import (
     SkipHeadLayer,
     SkipSourceLayer,
     _base,
-    _scoped_layers,
+    _child,
+    adapters_off,
     call_scope,
     pool,
     scope_post_hook,
@@ -330,7 +329,7 @@ def _resolve_config(config: SkipCollapseConfig, model: nn.Module) -> dict[str, O
         measured_width = None
     else:
         last_block = blocks[-1] if blocks else source
-        with _adapters_off(model):  # another adapter's replace fusion would hand the block a different output
+        with adapters_off(model):  # another adapter's replace fusion would hand the block a different output
             found = measure(model, inputs, source, config.head_module, last_block, bypassed)
         _check_runs_once(found, config, model, blocks)
         hidden = found.source_hidden
@@ -466,20 +465,6 @@ def _bypassed_modules(model: nn.Module, source: str, head: str, blocks: list[str
     return chosen
 
 
-@contextlib.contextmanager
-def _adapters_off(model: nn.Module) -> Iterator[None]:
-    """The base model's own computation while measuring, whatever adapters are already on it (flags restored)."""
-    layers = _scoped_layers(model)
-    flags = [layer._disable_adapters for layer in layers]
-    for layer in layers:
-        layer._disable_adapters = True
-    try:
-        yield
-    finally:
-        for layer, flag in zip(layers, flags):
-            layer._disable_adapters = flag
-
-
 def _loading_mismatch(config: SkipCollapseConfig, trained: str, here: str) -> str:
     return (
         f"this SkipCollapse adapter was trained on a {config.base_model_class} where {trained}; this model has "
@@ -504,15 +489,8 @@ def _check_loaded_names(config: SkipCollapseConfig, model: nn.Module) -> None:
     """The modules a saved adapter was trained on exist in this base; else it belongs to another checkpoint."""
     for field_name in ("source_layer", "head_module"):
         name = getattr(config, field_name)
-        if isinstance(name, str) and not _has_module(model, name):
+        if isinstance(name, str) and _child(model, name) is None:
             raise ValueError(_loading_mismatch(config, f"{field_name} was {name!r}", "no such module"))
-
-
-def _has_module(model: nn.Module, name: str) -> bool:
-    module: nn.Module | None = model
-    for part in name.split("."):
-        module = module._modules.get(part) if module is not None else None
-    return module is not None
 
 
 def _require_names_for_unknown_model(config: SkipCollapseConfig, model: nn.Module, arch: Architecture | None):
@@ -562,7 +540,7 @@ def _resolve_head(name: str, model: nn.Module) -> nn.Linear:
 
 
 def _require_module(model: nn.Module, name: str, field: str, blocks: list[str], kind: type | None = None) -> None:
-    if not _has_module(model, name):
+    if _child(model, name) is None:
         raise ValueError(
             f"{field}={name!r} is not a module of {type(model).__name__}; "
             f"{candidates_message(model, name, blocks, kind=kind)}"
