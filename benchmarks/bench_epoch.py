@@ -6,7 +6,7 @@
 Same backbone, data subset, batch size, optimizer (AdamW, lr 1e-3) and seeded batch order for every method:
   full FT          every parameter trains (BatchNorm in train mode)
   LoRA             peft LoRA r=8 on every 1x1 conv / linear inside the blocks, classifier via modules_to_save,
-                   frozen BatchNorm kept in eval (skipcollapse.zoo.methods, as in the comparison recipe)
+                   frozen BatchNorm kept in eval (recipes/harness/methods.py, as in the comparison recipe)
   SCL-FT           SkipCollapse adapter on the default (middle) block, fusion replace / add, without the cache
   SCL-FT + cache   the same adapter trained by CachedSkipModel from a PrefixCache built first (timed apart)
 
@@ -40,6 +40,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# The methods' setups and the memory probe are the comparison harness's (recipe code in recipes/harness).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -99,11 +102,11 @@ def _load_data_and_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def wrap(method: str, model: Any) -> Any:
-    """The model each method trains, before any cache: the comparison recipe's setups (`skipcollapse.zoo.methods`)."""
+    """The model each method trains, before any cache: the comparison recipe's setups (harness/methods.py)."""
     from peft import get_peft_model
 
+    from harness.methods import prepare as prepare_method
     from skipcollapse import SkipCollapseConfig
-    from skipcollapse.zoo.methods import prepare as prepare_method
 
     if method in ("full", "lora"):
         return prepare_method(model, "full-ft" if method == "full" else "lora")
@@ -214,7 +217,7 @@ def memory_worker(args: argparse.Namespace, method: str) -> dict[str, Any]:
     device = _setup(args)
     train_set, model = _load_data_and_model(args)
     model = wrap(method, model)
-    from skipcollapse.zoo.profiling import peak_memory  # imported here like torch: workers start lean
+    from harness.profiling import peak_memory  # imported here like torch: workers start lean
 
     with peak_memory(device) as memory:
         trainee = prepare(method, model, train_set, args)

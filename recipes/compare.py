@@ -3,10 +3,10 @@
     python recipes/compare.py                    # rerun the chosen configurations (seed 0; full data and 10-shot)
     python recipes/compare.py --search --seeds 0 1 2 --shots full 10 5 --output-dir docs/compare   # README table
 
-Methods (`skipcollapse.zoo.methods`): linear probe, full fine-tuning, LoRA, Layer FT (block l, no skip), SCL-FT,
+Methods (`harness/methods.py`): linear probe, full fine-tuning, LoRA, Layer FT (block l, no skip), SCL-FT,
 and SCL-FT with the collapse-aware loss. The experiment file (--experiment) holds the setting every run shares
 (backbone, data, image size, step budget), each method's search space and the candidate source blocks; `--search`
-tunes every method on the validation split (see `skipcollapse.zoo.experiments` for the protocol) and writes the
+tunes every method on the validation split (see `harness/experiments.py` for the protocol) and writes the
 choices back into that file, so later runs without `--search` reuse them. Runs are cached per configuration under
 --cache-dir: an interrupted search resumes, and a rerun trains nothing twice.
 
@@ -26,10 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from skipcollapse._io import atomic_path, check_writable_folder, write_atomic
-from skipcollapse.collapse.distributed import is_main_process
-from skipcollapse.zoo import HelpFormatter
-from skipcollapse.zoo.experiments import (
+from harness.experiments import (
     Experiment,
     ResultCache,
     cached_run,
@@ -38,7 +35,10 @@ from skipcollapse.zoo.experiments import (
     search,
     summarise,
 )
-from skipcollapse.zoo.methods import METHODS
+from harness.methods import METHODS
+from skipcollapse._io import atomic_path, check_writable_folder, write_atomic
+from skipcollapse.collapse.distributed import is_main_process
+from skipcollapse.zoo import HelpFormatter
 from skipcollapse.zoo.names import main_with_clean_errors
 
 RECIPES = Path(__file__).resolve().parent

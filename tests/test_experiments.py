@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from skipcollapse.zoo import experiments as E
+from harness import experiments as E
 from skipcollapse.zoo import tasks as T
 from skipcollapse.zoo.tasks import load_task
 

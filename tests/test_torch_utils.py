@@ -9,10 +9,10 @@ from peft import get_peft_model
 from tiny_models import build
 from torch import nn
 
+from harness.methods import prepare
 from skipcollapse import SkipCollapseConfig, discover
 from skipcollapse._torch_utils import device_of, dtype_of, eval_mode, split_batch
 from skipcollapse.adapter.architectures import default_source_block
-from skipcollapse.zoo.methods import prepare
 
 
 def test_split_batch_dicts_with_labels_or_label() -> None:

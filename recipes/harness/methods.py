@@ -16,9 +16,9 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from ..adapter.architectures import default_source_block, discover
-from ..adapter.batchnorm import keep_frozen_batchnorm_in_eval
-from ..adapter.config import SkipCollapseConfig
+from skipcollapse.adapter.architectures import default_source_block, discover
+from skipcollapse.adapter.batchnorm import frozen_batchnorms
+from skipcollapse.adapter.config import SkipCollapseConfig
 
 METHODS = ("linear-probe", "full-ft", "lora", "layer-ft", "scl-ft", "scl-ft+collapse")
 BLOCK_METHODS = ("layer-ft", "scl-ft", "scl-ft+collapse")  # the methods that fine-tune one source block
@@ -71,3 +71,14 @@ def _block_name(blocks: list[str], source_layer: str | int | None) -> str:
     if source_layer is None:
         return default_source_block(blocks)
     return blocks[source_layer] if isinstance(source_layer, int) else source_layer
+
+
+def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
+    """For models without a tuner to override `train()`: a forward pre-hook puts each frozen BatchNorm in eval mode on
+    every call, so `model.train()` (which the Trainer calls each step) cannot put it back into batch statistics."""
+
+    def to_eval(module: nn.Module, args: tuple) -> None:
+        module.training = False
+
+    for module in frozen_batchnorms(model):
+        module.register_forward_pre_hook(to_eval)

@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import write_atomic
-from ..collapse.distributed import is_distributed, is_main_process
+from skipcollapse._io import write_atomic
+from skipcollapse.collapse.distributed import is_distributed, is_main_process
+
 from .methods import BLOCK_METHODS, METHODS
 
 PROTOCOL = 1  # bump when what a run computes changes: cached results of another protocol are never reused
@@ -196,12 +197,13 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
     """
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-    from ..collapse.features import shard_loader
-    from ..integrations.callbacks import measure_collapse
-    from ..integrations.trainer import CollapseTrainer
-    from .backbones import load_backbone
+    from skipcollapse.collapse.features import shard_loader
+    from skipcollapse.integrations.callbacks import measure_collapse
+    from skipcollapse.integrations.trainer import CollapseTrainer
+    from skipcollapse.zoo.backbones import load_backbone
+    from skipcollapse.zoo.tasks import load_task
+
     from .methods import prepare
-    from .tasks import load_task
 
     task = load_task(
         setting.dataset, k_shot=spec.k_shot, seed=spec.seed, validation_per_class=setting.validation_per_class
@@ -333,9 +335,9 @@ def select(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def probe_block(setting: Setting, shots: str, seed: int, cache: ResultCache) -> str:
     """The source block the NC1 probe recommends on the training data of this shots setting and seed."""
-    from ..probe import probe_layers
-    from .backbones import load_backbone
-    from .tasks import load_task
+    from skipcollapse.probe import probe_layers
+    from skipcollapse.zoo.backbones import load_backbone
+    from skipcollapse.zoo.tasks import load_task
 
     key = hashlib.sha256(
         json.dumps(["probe", PROTOCOL, dataclasses.asdict(setting), shots, seed]).encode()
