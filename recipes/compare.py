@@ -1,12 +1,14 @@
 """Compare fine-tuning methods fairly: every method tuned on a validation split, test read once per chosen setting.
 
-    python recipes/compare.py                    # rerun the chosen configurations (seed 0; full data and 10-shot)
-    python recipes/compare.py --search --seeds 0 1 2 --shots full 10 5 --output-dir docs/compare   # README table
+    python recipes/compare.py                    # the demo: the chosen configurations on the file's first test seed
+    python recipes/compare.py --experiment recipes/experiments/fashion_mnist-efficientnet_lite0.json \
+        --search --seeds 0 1 2 3 4 --output-dir docs/results/fashion_mnist-efficientnet_lite0   # a README table
 
 Methods (`harness/methods.py`): linear probe, full fine-tuning, LoRA, Layer FT (block l, no skip), SCL-FT,
 and SCL-FT with the collapse-aware loss. The experiment file (--experiment) holds the setting every run shares
-(backbone, data, image size, step budget), each method's search space and the candidate source blocks; `--search`
-tunes every method on the validation split (see `harness/experiments.py` for the protocol) and writes the
+(backbone, data, image size, step budget), each method's search space (for Layer FT and SCL-FT the source block is
+one of its axes) and the search seed; `--search` tunes every method on the validation split on that seed (see
+`harness/experiments.py` for the protocol), and writes the
 choices back into that file, so later runs without `--search` reuse them. Runs are cached per configuration under
 --cache-dir: an interrupted search resumes, and a rerun trains nothing twice.
 
@@ -51,9 +53,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--experiment", default=str(DEFAULT_EXPERIMENT), help="experiment file (setting, search space, choices)"
     )
     p.add_argument("--search", action="store_true", help="tune every method on validation first (cached, resumable)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to run")
-    p.add_argument("--shots", nargs="+", default=["full", "10"], help="'full' and/or k examples per class")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the test runs (k-shot draw and init)")
+    p.add_argument(
+        "--methods", nargs="+", default=None, choices=METHODS, help="methods to run (default: the file's methods)"
+    )
+    p.add_argument(
+        "--shots", nargs="+", default=None, help="'full' and/or k examples per class (default: the file's shots)"
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds of the test runs (k-shot draw and init); default: the experiment file's first test seed",
+    )
     p.add_argument("--output-dir", default="runs/compare", help="where the table, CSV/JSON and plots go")
     p.add_argument("--cache-dir", default="runs/compare-cache", help="finished runs, one JSON file per configuration")
     p.add_argument(
@@ -69,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             check_writable_folder(folder, option)  # before any training, not after it
         except ValueError as error:
             p.error(str(error))
-    for shots in args.shots:
+    for shots in args.shots or []:
         if shots != "full" and not (shots.isdigit() and int(shots) > 0):
             p.error(f"--shots takes 'full' or a positive number of examples per class, got {shots!r}")
     return args
@@ -81,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     experiment = Experiment.load(args.experiment)
+    args.seeds = args.seeds or experiment.seeds[:1]
+    args.methods = args.methods or list(experiment.search_space)
+    args.shots = args.shots or experiment.shots
     missing = [m for m in args.methods if m not in experiment.search_space]
     if missing:
         raise SystemExit(

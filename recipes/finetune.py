@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         report_to=args.report_to,
         seed=args.seed,
         dataloader_num_workers=0,
+        remove_unused_columns=False,  # the tasks' per-batch transform reads the raw columns
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,31 +63,38 @@ def test_few_shot_error_names_class_and_count():
         D.few_shot_indices(labels, k=1, seed=0, indices=[0, 3])
 
 
-def test_image_dataset_items_normalised_for_trainer(digits):
+def test_image_transform_normalises_per_batch_for_the_trainer(digits):
     from transformers import default_data_collator
 
+    from skipcollapse.zoo.transforms import ImageTransform
+
     images, labels = digits
-    ds = D.ImageClassificationDataset(images[:4], labels[:4], mean=(0.5,) * 3, std=(0.5,) * 3)
-    item = ds[1]
-    assert set(item) == {"pixel_values", "labels"} and isinstance(item["labels"], int)
-    assert torch.allclose(item["pixel_values"], images[1] * 2 - 1)
-    batch = default_data_collator([ds[i] for i in range(len(ds))])
-    assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["labels"].dtype == torch.long
+    grey = (images[:4, 0] * 255).round().to(torch.uint8).numpy()  # stored the way IDX files and PNGs are
+    out = ImageTransform(mean=(0.5,) * 3, std=(0.5,) * 3, image_size=16)({"image": list(grey), "label": [1, 2, 3, 4]})
+    assert out["pixel_values"].shape == (4, 3, 16, 16) and out["labels"] == [1, 2, 3, 4]
+    assert out["pixel_values"].min() >= -1 and out["pixel_values"].max() <= 1
+    assert torch.equal(out["pixel_values"][:, 0], out["pixel_values"][:, 2])  # grey replicated to 3 channels
+    rows = [{"pixel_values": p, "labels": y} for p, y in zip(out["pixel_values"], out["labels"])]
+    assert default_data_collator(rows)["labels"].dtype == torch.long
+    with pytest.raises(ValueError, match="3 channels; the backbone takes 1"):
+        ImageTransform(mean=(0.5,), std=(0.5,), image_size=8)({"image": [np.zeros((8, 8, 3))], "label": [0]})
 
 
-def test_digits_datasets_match_eager_images_and_k_shot(digits):
+def test_digits_task_matches_the_eager_images_bit_for_bit(digits):
+    """The per-batch path gives exactly what resizing the whole array at once gives (the demo's numbers hold)."""
+    from skipcollapse.zoo import Backbone, load_task
+
     images, labels = digits
-    train, test = D.digits_datasets(image_size=32, seed=0)
+    task = load_task("digits", k_shot=4, seed=3)
+    backbone = Backbone("lite0-like", None, "image", (0.5,) * 3, (0.5,) * 3, image_size=32)
+    train, test = task.dataset("train", backbone), task.dataset("test", backbone)
     train_idx, test_idx = D.train_test_split_stratified(labels, seed=0)
-    assert len(train) == len(train_idx) and len(test) == len(test_idx)
-    item = test[7]
-    assert torch.allclose(item["pixel_values"], images[test_idx[7]] * 2 - 1, atol=1e-6)
-    assert item["labels"] == int(labels[test_idx[7]])
-
-    few, test_again = D.digits_datasets(image_size=16, k_shot=4, seed=0)
-    assert len(few) == 40 and len(test_again) == len(test)
-    assert few[0]["pixel_values"].shape == (3, 16, 16)
-    assert torch.bincount(few.labels, minlength=10).tolist() == [4] * 10
+    first = test.__getitems__([0, 7])
+    assert (
+        torch.equal(first[1]["pixel_values"], images[test_idx[7]] * 2 - 1)
+        and first[1]["labels"] == labels[test_idx[7]]
+    )
+    assert len(train) == 40 and torch.bincount(task.labels("train"), minlength=10).tolist() == [4] * 10
 
 
 def test_tiny_text_classification_is_deterministic_balanced_and_not_single_token():

@@ -17,25 +17,25 @@ from skipcollapse.zoo.tasks import load_task
 def test_test_and_validation_splits_are_fixed_across_seeds_and_disjoint_from_training(name: str) -> None:
     few = [load_task(name, k_shot=5, seed=seed) for seed in (0, 1, 2)]
     full = load_task(name)
+    column = few[0].modality
+    rows = lambda table: [_row(x) for x in table[column]]  # noqa: E731
     for task in few[1:] + [full]:
-        assert _same(task.test_inputs, few[0].test_inputs) and torch.equal(task.test_labels, few[0].test_labels)
-        assert _same(task.validation_inputs, few[0].validation_inputs)
-        assert torch.equal(task.validation_labels, few[0].validation_labels)
-    assert not _same(few[0].train_inputs, few[1].train_inputs)  # the seed redraws the k-shot set only
-    assert torch.bincount(few[0].validation_labels).tolist() == [20] * few[0].num_labels
-    assert torch.bincount(few[0].train_labels).tolist() == [5] * few[0].num_labels
-    if name == "tiny-text":  # sentences are distinct by construction, so membership is identity
-        train, val, test = (set(x) for x in (full.train_inputs, full.validation_inputs, full.test_inputs))
+        assert rows(task.test) == rows(few[0].test) and torch.equal(task.labels("test"), few[0].labels("test"))
+        assert rows(task.validation) == rows(few[0].validation)
+        assert torch.equal(task.labels("validation"), few[0].labels("validation"))
+    assert rows(few[0].train) != rows(few[1].train)  # the seed redraws the k-shot set only
+    assert torch.bincount(few[0].labels("validation")).tolist() == [20] * few[0].num_labels
+    assert torch.bincount(few[0].labels("train")).tolist() == [5] * few[0].num_labels
+    train, val, test = (set(rows(getattr(full, split))) for split in ("train", "validation", "test"))
+    if name == "digits":  # the three splits partition the 1,797 images (a few digits repeat pixel for pixel)
+        assert len(full.train) + len(full.validation) + len(full.test) == 1797
+    else:  # sentences are distinct by construction, so membership is identity
         assert not (train & val) and not (train & test) and not (val & test)
-    else:  # digits: the three splits partition the 1,797 images
-        assert len(full.train_labels) + len(full.validation_labels) + len(full.test_labels) == 1797
-        rows = lambda x: {tuple(r.flatten().tolist()) for r in x}  # noqa: E731
-        k_shot_rows = rows(few[0].train_inputs)
-        assert k_shot_rows <= rows(full.train_inputs)  # k-shot draws from the training pool only
+    assert set(rows(few[0].train)) <= train  # k-shot draws from the training pool only
 
 
-def _same(a, b) -> bool:
-    return torch.equal(a, b) if isinstance(a, torch.Tensor) else list(a) == list(b)
+def _row(x) -> object:
+    return x if isinstance(x, str) else tuple(torch.as_tensor(x).flatten().tolist())
 
 
 def test_selection_refuses_results_that_carry_test_numbers() -> None:
@@ -66,8 +66,14 @@ def tiny_experiment(tmp_path):
         setting=setting,
         shots=["4"],
         seeds=[0, 1],
-        search_space={"linear-probe": {"learning_rate": [1e-3, 1e-2]}, "scl-ft": {"learning_rate": [1e-3]}},
-        source_candidates=["timm_model.blocks.2.1", "timm_model.blocks.5.3"],
+        search_space={
+            "linear-probe": {"learning_rate": [1e-3, 1e-2]},
+            "scl-ft": {
+                "learning_rate": [1e-3],
+                "source_layer": [E.NC1_BLOCK, "timm_model.blocks.2.1", "timm_model.blocks.5.3"],
+            },
+        },
+        search_seed=7,
         path=tmp_path / "experiment.json",
     )
     experiment.save()
@@ -79,7 +85,7 @@ def test_search_reads_validation_only_then_resumes_without_training(tiny_experim
 
     def without_test(*args, **kwargs):
         task = real_load_task(*args, **kwargs)
-        task.test_inputs = task.test_labels = _Untouchable()
+        task.test = _Untouchable()
         return task
 
     monkeypatch.setattr(T, "load_task", without_test)
@@ -91,11 +97,15 @@ def test_search_reads_validation_only_then_resumes_without_training(tiny_experim
 
     cache = E.ResultCache(tmp_path / "cache")
     chosen = E.search(tiny_experiment, cache, runner=counting_run)
-    # 2 learning rates for the probe, 1 for SCL-FT on the NC1 block plus the other candidate block(s)
-    assert 4 <= len(trained) <= 5 and not any(spec.evaluate_test for spec in trained)
+    # the same effort for both: 2 learning rates for the probe, 2 blocks (the NC1 one and one other) for SCL-FT
+    assert len(trained) == 4 and not any(spec.evaluate_test for spec in trained)
+    assert {spec.seed for spec in trained} == {7}  # the search seed, never a test seed
     assert set(chosen["4"]) == {"linear-probe", "scl-ft"}
     scl = chosen["4"]["scl-ft"]
-    assert scl["source_layer"] in scl["blocks"] and scl["nc1_source_layer"] in scl["blocks"]
+    blocks = [g["source_layer"] for g in scl["grid"]]
+    assert scl["configurations"] == chosen["4"]["linear-probe"]["configurations"] == 2
+    assert blocks[0] == scl["nc1_source_layer"] and len(set(blocks)) == 2 and scl["source_layer"] in blocks
+    assert scl["nc1_choice"]["source_layer"] == scl["nc1_source_layer"]
     saved = json.loads(tiny_experiment.path.read_text())["chosen"]
     assert saved["4"]["linear-probe"]["learning_rate"] == chosen["4"]["linear-probe"]["learning_rate"]
 
@@ -109,6 +119,16 @@ def test_search_reads_validation_only_then_resumes_without_training(tiny_experim
     again = E.search(E.Experiment.load(tiny_experiment.path), cache, runner=counting_run)
     assert trained == [] and again["4"]["scl-ft"]["source_layer"] == scl["source_layer"]
 
+    # the choices hold only for what they were made for: another budget in the file refuses them
+    changed = E.Experiment.load(tiny_experiment.path)
+    changed.setting = dataclasses.replace(changed.setting, steps=8)
+    with pytest.raises(KeyError, match="made for another setting"):
+        E.final_specs(changed, "4", "scl-ft", [0])
+    with pytest.raises(ValueError, match="search seed"):
+        E.final_specs(
+            again_experiment := E.Experiment.load(tiny_experiment.path), "4", "scl-ft", [again_experiment.search_seed]
+        )
+
 
 def test_cache_key_separates_settings_and_hyper_parameters() -> None:
     spec = E.RunSpec("scl-ft", "full", 0, 1e-3, source_layer="a")
@@ -119,8 +139,15 @@ def test_cache_key_separates_settings_and_hyper_parameters() -> None:
         dataclasses.replace(spec, seed=1).key(setting),
         spec.key(dataclasses.replace(setting, steps=101)),
         dataclasses.replace(spec, evaluate_test=True).key(setting),
+        dataclasses.replace(spec, weight_decay=0.05).key(setting),
     }
-    assert len(keys) == 5 and spec.key(setting) == E.RunSpec("scl-ft", "full", 0, 1e-3, source_layer="a").key(setting)
+    threads = torch.get_num_threads()
+    try:  # another thread count orders float sums differently: another result, never a cache hit
+        torch.set_num_threads(threads + 1)
+        keys.add(spec.key(setting))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keys) == 7 and spec.key(setting) == E.RunSpec("scl-ft", "full", 0, 1e-3, source_layer="a").key(setting)
 
 
 def test_experiment_file_errors_name_the_problem(tmp_path) -> None:
@@ -134,6 +161,19 @@ def test_experiment_file_errors_name_the_problem(tmp_path) -> None:
         E.Experiment.load(path)
     with pytest.raises(FileNotFoundError, match="recipes/experiments"):
         E.Experiment.load(tmp_path / "missing.json")
-    experiment = E.Experiment(E.Setting(), ["full"], [0], {"lora": {"learning_rate": [1e-3]}}, [])
+    experiment = E.Experiment(E.Setting(), ["full"], [0], {"lora": {"learning_rate": [1e-3]}}, search_seed=1)
     with pytest.raises(KeyError, match="run the search first"):
         experiment.choice("full", "lora")
+    path.write_text(
+        json.dumps({"setting": {}, "shots": ["full"], "seeds": [0, 1], "search_space": {}, "search_seed": 1})
+    )
+    with pytest.raises(ValueError, match="search_seed 1 is also a test seed"):
+        E.Experiment.load(path)
+
+
+@pytest.mark.parametrize("path", sorted(E.Path(__file__).parents[1].glob("recipes/experiments/*.json")), ids=str)
+def test_shipped_experiments_give_every_method_the_same_search_effort(path) -> None:
+    experiment = E.Experiment.load(path)
+    efforts = {m: len(E.search_grid(experiment, m, "some.nc1.block")) for m in experiment.search_space}
+    assert len(set(efforts.values())) == 1, efforts
+    assert experiment.search_seed not in experiment.seeds and len(experiment.seeds) >= 3

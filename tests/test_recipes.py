@@ -76,7 +76,7 @@ def test_help_shows_the_shared_defaults(tool: str) -> None:
 @pytest.mark.parametrize("tool", ["finetune", "probe"])
 @pytest.mark.parametrize(
     "flag,name,listed",
-    [("--model", "resnet-50", "efficientnet_lite0, minilm"), ("--dataset", "mnist", "digits, tiny-text")],
+    [("--model", "resnet-50", "efficientnet_lite0, mobilenetv2, minilm"), ("--dataset", "mnist", "digits, tiny-text")],
 )
 def test_wrong_names_offline_fail_at_once_with_the_choices(tool: str, flag: str, name: str, listed: str) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -1,23 +1,26 @@
 """Method comparison kept as files: each method tuned on validation, test read once per chosen setting.
 
 An experiment file (``recipes/experiments/*.json``) names the setting every run shares (backbone, data, image
-size, step budget, ...), the shots settings and seeds, each method's search space, the candidate source blocks,
-and, once `search` has run, the hyper-parameters it chose. The protocol:
+size, step budget, ...), the shots settings, the test seeds and the search seed, each method's search space, and,
+once `search` has run, the configurations it chose, each recording what it was chosen for. The protocol:
 
 1. Splits (`skipcollapse.zoo.tasks.load_task`): one test split and one validation split, drawn once and shared
    by every seed and method; seeds change the k-shot draw and the initialisation only.
-2. Per shots setting, on the search seed: the NC1 probe of the training data picks a source block (the paper's
-   way: no labels beyond the training set); every method's grid is run with Layer FT / SCL-FT on that block;
-   then the methods with a source block sweep the candidate blocks at their chosen hyper-parameters. Every run
-   has warmup and a cosine schedule, evaluates validation every ``eval_every`` steps and keeps its best
-   checkpoint. Choices maximise validation accuracy (ties: lower validation cross-entropy, then grid order).
-3. Final runs: each method with its chosen hyper-parameters and block, on every seed, evaluated once on test.
-   SCL-FT is also run on the NC1-chosen block when validation chose another, so both choices are reported.
+2. Per shots setting, on the search seed (never a test seed): the NC1 probe of the training data picks a source
+   block (the paper's way: no labels beyond the training set); every method runs its whole grid, in which, for
+   Layer FT and SCL-FT, the source block is one axis (`NC1_BLOCK` and listed alternatives), so the block choice
+   is part of the search and counts towards its effort. Every run has warmup and a cosine schedule, evaluates
+   validation every ``eval_every`` steps and keeps its best checkpoint. Choices maximise validation accuracy
+   (ties: lower validation cross-entropy, then grid order). A choice records the setting, search space and search
+   seed it was made for; a changed file refuses to reuse it.
+3. Final runs: each method with its chosen configuration, on every test seed, evaluated once on test. SCL-FT is
+   also run on the NC1 block (at that block's validation-best settings) when validation chose another, so both
+   choices are reported.
 
 Search runs never build the test set (`run` only touches it when ``evaluate_test`` is set), and results are
 cached per configuration (one JSON file each, written atomically), so an interrupted search resumes where it
 stopped and a rerun of finished work costs nothing. The cache key covers the setting, the run's
-hyper-parameters and `PROTOCOL`.
+hyper-parameters, torch's thread count and `PROTOCOL`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from skipcollapse.collapse.distributed import is_distributed, is_main_process
 
 from .methods import BLOCK_METHODS, METHODS
 
-PROTOCOL = 1  # bump when what a run computes changes: cached results of another protocol are never reused
+PROTOCOL = 2  # bump when what a run computes changes: cached results of another protocol are never reused
+SEARCH_KEYS = ("learning_rate", "weight_decay", "source_layer", "collapse_lambda")  # what a search space may vary
+NC1_BLOCK = "nc1"  # in a source_layer axis: the block the NC1 probe picks on the search seed's training data
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class Setting:
     warmup_ratio: float = 0.1
     eval_every: int = 20
     validation_per_class: int = 20
+    test_examples: int | None = None  # a fixed subset of the test split (None: all of it)
+    measure_examples: int = 2000  # NC1 of the training features and the probe read a fixed subset this large
+    blocks_searched: int = 2  # entries of a source_layer axis: the NC1 block, then listed blocks other than it
+    max_length: int = 128  # tokens a text example is truncated to
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class RunSpec:
     learning_rate: float
     source_layer: str | None = None
     collapse_lambda: float = 0.0
+    weight_decay: float = 0.0
     evaluate_test: bool = False
 
     @property
@@ -76,7 +86,10 @@ class RunSpec:
         return None if self.shots == "full" else int(self.shots)
 
     def key(self, setting: Setting) -> str:
-        blob = json.dumps([PROTOCOL, dataclasses.asdict(setting), dataclasses.asdict(self)], sort_keys=True)
+        """The cache key: the protocol, the setting, the run and torch's thread count (it orders float sums, so
+        a run under another count is another result, never a cache hit)."""
+        identity = [PROTOCOL, dataclasses.asdict(setting), dataclasses.asdict(self), torch.get_num_threads()]
+        blob = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -88,7 +101,6 @@ class Experiment:
     shots: list[str]
     seeds: list[int]
     search_space: dict[str, dict[str, list[Any]]]
-    source_candidates: list[str]
     search_seed: int = 0
     chosen: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     path: Path | None = None
@@ -108,16 +120,21 @@ class Experiment:
         for method, space in raw.get("search_space", {}).items():
             if not space.get("learning_rate"):
                 raise ValueError(f"{path}: search_space[{method!r}] needs a non-empty 'learning_rate' list")
-            extra = set(space) - {"learning_rate", "collapse_lambda"}
+            extra = set(space) - set(SEARCH_KEYS)
             if extra:
                 raise ValueError(f"{path}: search_space[{method!r}] has unknown keys {sorted(extra)}")
+        seeds, search_seed = list(raw["seeds"]), raw.get("search_seed", 0)
+        if search_seed in seeds:
+            raise ValueError(
+                f"{path}: search_seed {search_seed} is also a test seed {seeds}; the search must not pick the "
+                "configuration on a seed it is then tested on: choose a search_seed outside seeds"
+            )
         return cls(
             setting=Setting(**raw["setting"]),
             shots=[str(s) for s in raw["shots"]],
-            seeds=list(raw["seeds"]),
+            seeds=seeds,
             search_space=raw["search_space"],
-            source_candidates=list(raw.get("source_candidates", [])),
-            search_seed=raw.get("search_seed", 0),
+            search_seed=search_seed,
             chosen=raw.get("chosen", {}),
             path=path,
         )
@@ -128,7 +145,6 @@ class Experiment:
             "shots": self.shots,
             "seeds": self.seeds,
             "search_seed": self.search_seed,
-            "source_candidates": self.source_candidates,
             "search_space": self.search_space,
             "chosen": self.chosen,
         }
@@ -138,15 +154,34 @@ class Experiment:
         write_atomic(target, json.dumps(self.to_json(), indent=2) + "\n")
         return target
 
+    def made_for(self, method: str) -> dict[str, Any]:
+        """What a choice of `method` depends on: the shared setting, its search space and the search seed. A choice
+        records it, and is used only while the file still says the same (`choice`)."""
+        return {
+            "setting": dataclasses.asdict(self.setting),
+            "search_space": self.search_space[method],
+            "search_seed": self.search_seed,
+        }
+
     def choice(self, shots: str, method: str) -> dict[str, Any]:
+        """The chosen configuration of `method` at `shots`; an error if there is none or it was made for another
+        setting, search space or search seed than the file's (a changed file never reuses old choices)."""
         try:
-            return self.chosen[shots][method]
+            chosen = self.chosen[shots][method]
         except KeyError:
             raise KeyError(
                 f"the experiment file has no chosen configuration for {method!r} at shots={shots!r}; run the search "
                 "first (recipes/compare.py --search) or pick shots/methods it covers: "
                 f"{ {s: sorted(m) for s, m in self.chosen.items()} }"
             ) from None
+        made_for, now = chosen.get("made_for"), self.made_for(method)
+        if made_for != now:
+            changed = sorted(k for k in now if (made_for or {}).get(k) != now[k])
+            raise KeyError(
+                f"the chosen configuration of {method!r} at shots={shots!r} was made for another {', '.join(changed)} "
+                "than the experiment file now has; rerun the search (recipes/compare.py --search) for this setting"
+            )
+        return chosen
 
 
 class ResultCache:
@@ -184,6 +219,7 @@ def cached_run(setting: Setting, spec: RunSpec, cache: ResultCache, runner: Runn
     if hit is not None:
         return {**hit, "cached": True}
     result = {**dataclasses.asdict(spec), **(runner or run)(setting, spec), "key": key}
+    result.update(setting=dataclasses.asdict(setting), threads=torch.get_num_threads())  # what the file is a result of
     cache.put(key, result)
     return {**result, "cached": False}
 
@@ -201,16 +237,14 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
     from skipcollapse.integrations.callbacks import measure_collapse
     from skipcollapse.integrations.trainer import CollapseTrainer
     from skipcollapse.zoo.backbones import load_backbone
-    from skipcollapse.zoo.tasks import load_task
 
     from .methods import prepare
 
-    task = load_task(
-        setting.dataset, k_shot=spec.k_shot, seed=spec.seed, validation_per_class=setting.validation_per_class
-    )
+    task = _task(setting, spec.shots, spec.seed)
     torch.manual_seed(spec.seed)
     backbone = load_backbone(setting.model, task.num_labels, image_size=setting.image_size)
-    train, validation = task.dataset("train", backbone), task.dataset("validation", backbone)
+    train = task.dataset("train", backbone, max_length=setting.max_length)
+    validation = task.dataset("validation", backbone, max_length=setting.max_length)
     if validation is None:
         raise ValueError(f"task {setting.dataset!r} has no validation split: set validation_per_class > 0")
     model = prepare(backbone.model, spec.method, source_layer=spec.source_layer)
@@ -243,7 +277,7 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
             learning_rate=spec.learning_rate,
             lr_scheduler_type="cosine",
             warmup_steps=math.ceil(setting.warmup_ratio * setting.steps),
-            weight_decay=0.0,
+            weight_decay=spec.weight_decay,
             eval_strategy="steps",
             eval_steps=setting.eval_every,
             save_strategy="no",
@@ -252,6 +286,7 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
             seed=spec.seed,
             disable_tqdm=True,
             dataloader_num_workers=0,
+            remove_unused_columns=False,  # the per-batch transform reads the raw columns
             use_cpu=not torch.cuda.is_available(),  # CPU-only processes train with DDP over gloo
         )
         common = dict(
@@ -284,13 +319,34 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
         }
         if spec.evaluate_test:
             batch = 2 * setting.batch_size
-            test = task.dataset("test", backbone)  # the only place a run reads test: after selection
-            for name, dataset in (("train", train), ("test", test)):
+            test = task.dataset("test", backbone, max_length=setting.max_length)  # the one read of test
+            for name, dataset in (("train", _fixed_subset(train, setting.measure_examples)), ("test", test)):
                 loader = shard_loader(dataset, batch, collate, args.process_index, args.world_size)
                 result[f"nc1_{name}"] = measure_collapse(model, loader, task.num_labels, nc4=False)["nc1"]
             result["test_accuracy"] = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
             result["test_examples"] = len(test)
     return result
+
+
+def _task(setting: Setting, shots: str, seed: int) -> Any:
+    """The task of one run: fixed test and validation splits, the k-shot draw of `seed`."""
+    from skipcollapse.zoo.tasks import load_task
+
+    return load_task(
+        setting.dataset,
+        k_shot=None if shots == "full" else int(shots),
+        seed=seed,
+        validation_per_class=setting.validation_per_class,
+        test_examples=setting.test_examples,
+    )
+
+
+def _fixed_subset(dataset: Any, size: int) -> Any:
+    """The first `size` examples of a fixed permutation (seed 0): the same subset for every run and method."""
+    if len(dataset) <= size:
+        return dataset
+    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size].sort().values.tolist()
+    return torch.utils.data.Subset(dataset, keep)
 
 
 def _accuracy_and_cross_entropy(prediction: Any) -> dict[str, float]:
@@ -337,7 +393,6 @@ def probe_block(setting: Setting, shots: str, seed: int, cache: ResultCache) -> 
     """The source block the NC1 probe recommends on the training data of this shots setting and seed."""
     from skipcollapse.probe import probe_layers
     from skipcollapse.zoo.backbones import load_backbone
-    from skipcollapse.zoo.tasks import load_task
 
     key = hashlib.sha256(
         json.dumps(["probe", PROTOCOL, dataclasses.asdict(setting), shots, seed]).encode()
@@ -345,24 +400,40 @@ def probe_block(setting: Setting, shots: str, seed: int, cache: ResultCache) -> 
     hit = _agreed(cache.get(key))
     if hit is not None:
         return hit["recommended"]
-    task = load_task(
-        setting.dataset,
-        k_shot=None if shots == "full" else int(shots),
-        seed=seed,
-        validation_per_class=setting.validation_per_class,
-    )
+    task = _task(setting, shots, seed)
     backbone = load_backbone(setting.model, task.num_labels, image_size=setting.image_size)
     report = probe_layers(
         backbone.model,
-        task.dataset("train", backbone),
+        task.dataset("train", backbone, max_length=setting.max_length),
         task.num_labels,
         batch_size=2 * setting.batch_size,
         collate_fn=backbone.collator(),
+        max_examples=setting.measure_examples,
         progress=False,
     )
     result = {"recommended": report.recommended.name, "nc1": {r.name: r.nc1 for r in report.layers}}
     cache.put(key, result)
     return result["recommended"]
+
+
+def block_axis(axis: list[str], nc1_block: str, size: int) -> list[str]:
+    """A search space's ``source_layer`` values made concrete: `NC1_BLOCK` becomes the probe's pick, and the first
+    `size` distinct blocks are kept, so the axis has the same length whichever block the probe picks."""
+    concrete = [nc1_block if block == NC1_BLOCK else block for block in axis]
+    return list(dict.fromkeys(concrete))[:size]
+
+
+def search_grid(experiment: Experiment, method: str, nc1_block: str | None) -> list[dict[str, Any]]:
+    """Every configuration the search runs for `method`: its space's grid, with the block axis made concrete.
+    The count is the method's search effort; the shipped experiment files give every method the same count."""
+    space = dict(experiment.search_space[method])
+    if "source_layer" in space:
+        if method not in BLOCK_METHODS:
+            raise ValueError(f"search_space[{method!r}] has a source_layer axis, but {method} trains no source block")
+        space["source_layer"] = block_axis(space["source_layer"], nc1_block, experiment.setting.blocks_searched)
+    elif method in BLOCK_METHODS:
+        space["source_layer"] = [nc1_block]
+    return grid(space)
 
 
 def search(
@@ -375,8 +446,10 @@ def search(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Tune every method on validation (see the module docstring); records the choices in ``experiment.chosen``.
 
-    Returns ``{shots: {method: {hyper-parameters..., "source_layer", "nc1_source_layer", "validation_accuracy",
-    "grid": [...]}}}``. Every run goes through the cache, so a repeated or resumed search trains nothing twice.
+    Returns ``{shots: {method: {hyper-parameters..., "source_layer", "nc1_source_layer", "nc1_choice",
+    "validation_accuracy", "configurations", "grid": [...], "made_for"}}}``. A block is one axis of the grid, not
+    a sweep after it, so every block is tried at every learning rate. Every run goes through the cache, so a
+    repeated or resumed search trains nothing twice.
     """
     setting, seed = experiment.setting, experiment.search_seed
     methods = methods or list(experiment.search_space)
@@ -384,43 +457,27 @@ def search(
         nc1_block = probe_block(setting, shots, seed, cache)
         chosen = experiment.chosen.setdefault(shots, {})
         for method in methods:
-            block = nc1_block if method in BLOCK_METHODS else None
+            configurations = search_grid(experiment, method, nc1_block)
             tried = []
-            for params in grid(experiment.search_space[method]):
-                spec = RunSpec(method, shots, seed, source_layer=block, **params)
+            for params in configurations:
+                spec = RunSpec(method, shots, seed, **params)
                 if progress:
-                    progress(f"search {shots}-shot {method} {params} block={block}")
+                    progress(f"search {shots}-shot {method} {params}")
                 tried.append(cached_run(setting, spec, cache, runner))
             best = select(tried)
-            params = {k: best[k] for k in experiment.search_space[method]}
-            entry = {
-                **params,
-                "source_layer": block,
-                "nc1_source_layer": block,
+            keys = list(configurations[0])
+            entry: dict[str, Any] = {
+                **{k: best[k] for k in keys},
+                "source_layer": best["source_layer"],
+                "nc1_source_layer": nc1_block if method in BLOCK_METHODS else None,
                 "validation_accuracy": best["validation_accuracy"],
-                "grid": [
-                    {
-                        **{k: r[k] for k in experiment.search_space[method]},
-                        "validation_accuracy": r["validation_accuracy"],
-                    }
-                    for r in tried
-                ],
+                "configurations": len(configurations),
+                "grid": [{**{k: r[k] for k in keys}, "validation_accuracy": r["validation_accuracy"]} for r in tried],
+                "made_for": experiment.made_for(method),
             }
-            if method in BLOCK_METHODS:
-                swept = [best]
-                for candidate in experiment.source_candidates:
-                    if candidate == block:
-                        continue
-                    spec = RunSpec(method, shots, seed, source_layer=candidate, **params)
-                    if progress:
-                        progress(f"blocks {shots}-shot {method} {params} block={candidate}")
-                    swept.append(cached_run(setting, spec, cache, runner))
-                best_block = select(swept)
-                entry.update(
-                    source_layer=best_block["source_layer"],
-                    validation_accuracy=best_block["validation_accuracy"],
-                    blocks={r["source_layer"]: r["validation_accuracy"] for r in swept},
-                )
+            if method in BLOCK_METHODS:  # the paper's choice: the NC1 block, at its validation-best settings
+                on_nc1 = select(r for r in tried if r["source_layer"] == nc1_block)
+                entry["nc1_choice"] = {k: on_nc1[k] for k in keys}
             chosen[method] = entry
             if experiment.path is not None and is_main_process():
                 experiment.save()  # choices land in the file as they are made: a stopped search keeps them
@@ -429,17 +486,24 @@ def search(
 
 def final_specs(experiment: Experiment, shots: str, method: str, seeds: Iterable[int]) -> list[tuple[str, RunSpec]]:
     """(row label, spec) of the test runs of one method: its chosen configuration on every seed, and for SCL-FT
-    also the NC1-chosen block where validation chose another (the paper's choice, made operational)."""
+    also the NC1 block at its own validation-best settings where validation chose another block (the paper's
+    choice, made operational). A test seed equal to the search seed is refused."""
+    seeds = list(seeds)
+    if experiment.search_seed in seeds:
+        raise ValueError(
+            f"seed {experiment.search_seed} is the search seed of {experiment.path}: test on other seeds "
+            f"(the file's test seeds: {experiment.seeds})"
+        )
     choice = experiment.choice(shots, method)
-    params = {k: choice[k] for k in experiment.search_space[method]}
-    variants = [(method, choice.get("source_layer"))]
-    if method == "scl-ft" and choice.get("nc1_source_layer") != choice.get("source_layer"):
-        variants.append((f"{method} (NC1 block)", choice["nc1_source_layer"]))
-    return [
-        (label, RunSpec(method, shots, seed, source_layer=block, evaluate_test=True, **params))
-        for label, block in variants
-        for seed in seeds
-    ]
+    keys = [k for k in choice["grid"][0] if k != "validation_accuracy"]
+    variants = [(method, {k: choice[k] for k in keys})]
+    if method == "scl-ft" and choice["nc1_choice"]["source_layer"] != choice["source_layer"]:
+        variants.append((f"{method} (NC1 block)", choice["nc1_choice"]))
+    out = []
+    for label, params in variants:
+        params = {**params, "source_layer": params.get("source_layer")}
+        out += [(label, RunSpec(method, shots, seed, evaluate_test=True, **params)) for seed in seeds]
+    return out
 
 
 # --------------------------------------------------------------------------------------------- report

