@@ -2,13 +2,23 @@
 
     python benchmarks/bench_epoch.py                          # EfficientNet-Lite0 (ImageNet) on digits, 64 px
     python benchmarks/bench_epoch.py --max-examples 1258 --repeats 3 --image-size 96
+    python benchmarks/bench_epoch.py --task rotten-tomatoes   # MiniLM-L6 on movie-review snippets, 48 tokens
+
+`--task` picks the data and with it the backbone:
+  digits            EfficientNet-Lite0 (ImageNet weights) on the 8x8 digits, resized to --image-size (the default)
+  rotten-tomatoes   MiniLM-L6 (all-MiniLM-L6-v2, BertForSequenceClassification) on Rotten Tomatoes reviews, texts
+                    tokenized per batch, truncated and padded to --max-length tokens (the backbone's collator with
+                    padding="max_length": the prefix cache needs one length per example, and every method then
+                    runs the same number of tokens per step)
 
 Same backbone, data subset, batch size, optimizer (AdamW, lr 1e-3) and seeded batch order for every method:
   full FT          every parameter trains (BatchNorm in train mode)
   LoRA             peft LoRA r=8 on every 1x1 conv / linear inside the blocks, classifier via modules_to_save,
                    frozen BatchNorm kept in eval (recipes/harness/methods.py, as in the comparison recipe)
   SCL-FT           SkipCollapse adapter on the default (middle) block, fusion replace / add, without the cache
-  SCL-FT + cache   the same adapter trained by CachedSkipModel from a PrefixCache built first (timed apart)
+  SCL-FT + cache   the same adapter trained by CachedSkipModel from a PrefixCache built first (timed apart); a
+                   variant the cache refuses for the backbone (skipcollapse.cache: mean / per_token pooling, add
+                   fusion for a model class without a suffix runner) is listed as "refused: <reason>"
 
 Time. One process holds all six trainees and times their epochs round-robin, `--repeats` rounds after
 `--warmup-steps` steps each, and reports each method's fastest epoch: the cores are shared with other jobs, and
@@ -25,13 +35,16 @@ leaves out file-backed pages such as the shared libraries' code that the first c
 otherwise swamp the differences. It counts pages the allocator holds, not bytes of live tensors, and a peak shorter
 than a millisecond can be missed. On CUDA: torch.cuda.max_memory_allocated above the allocation before.
 
-Ratios are to full fine-tuning. Targets on CPU: cached SCL-FT epoch <= 0.35x full FT and <= 0.7x LoRA; peak memory
-<= 0.5x full FT. The cache's build time is reported apart and amortised: (build + E epochs) / E, E = --amortise-epochs.
+Ratios are to full fine-tuning. Targets on CPU (digits): cached SCL-FT epoch <= 0.35x full FT and <= 0.7x LoRA;
+peak memory <= 0.5x full FT. The cache's build time is reported apart and amortised: (build + E epochs) / E,
+E = --amortise-epochs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -48,6 +61,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 METHODS = ("full", "lora", "scl-replace", "scl-add", "scl-replace-cache", "scl-add-cache")
+TASKS = {  # task -> (backbone, how the table's first line names them)
+    "digits": ("efficientnet_lite0", "EfficientNet-Lite0 (ImageNet weights) on digits"),
+    "rotten-tomatoes": ("minilm", "MiniLM-L6 (all-MiniLM-L6-v2) on rotten-tomatoes"),
+}
 LABELS = {
     "full": "full fine-tuning",
     "lora": "LoRA r=8",
@@ -60,8 +77,12 @@ LABELS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--max-examples", type=int, default=512, help="seeded subset of the 1258 training digits")
+    p.add_argument("--task", choices=tuple(TASKS), default="digits", help="the data, and with it the backbone")
+    p.add_argument("--image-size", type=int, default=64, help="digits: input size in pixels")
+    p.add_argument("--max-length", type=int, default=48, help="rotten-tomatoes: tokens per review (truncated, padded)")
+    p.add_argument(
+        "--max-examples", type=int, default=512, help="seeded training subset (of 1258 digits, 10150 reviews)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per method before the timed epochs")
     p.add_argument("--repeats", type=int, default=2, help="timed epochs per method (round-robin); the fastest counts")
@@ -88,17 +109,28 @@ class Trainee:
     cache_mib: float | None = None
 
 
-def _load_data_and_model(args: argparse.Namespace) -> tuple[Any, Any]:
+@functools.cache
+def _load_task(name: str) -> Any:
+    from skipcollapse.zoo import load_task
+
+    return load_task(name)  # once per process: reading and splitting the reviews takes seconds
+
+
+def _load_data_and_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(seeded training subset, fresh model on the device, collate function)."""
     import torch
     from torch.utils.data import Subset
 
-    from skipcollapse.zoo import load_backbone, load_task
+    from skipcollapse.zoo import load_backbone
 
-    task = load_task("digits")
-    backbone = load_backbone("efficientnet_lite0", task.num_labels, image_size=args.image_size)
-    train_set = task.dataset("train", backbone)
+    task = _load_task(args.task)
+    backbone = load_backbone(TASKS[args.task][0], task.num_labels, image_size=args.image_size)
+    train_set = task.dataset("train", backbone, max_length=args.max_length)
+    collate = backbone.collator()
+    if backbone.modality == "text":  # one length for every batch, which the prefix cache needs
+        collate = dataclasses.replace(collate, padding="max_length", max_length=args.max_length)
     keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[: args.max_examples]
-    return Subset(train_set, sorted(keep.tolist())), backbone.model.to(args.device)
+    return Subset(train_set, sorted(keep.tolist())), backbone.model.to(args.device), collate
 
 
 def wrap(method: str, model: Any) -> Any:
@@ -114,8 +146,10 @@ def wrap(method: str, model: Any) -> Any:
     return get_peft_model(model, SkipCollapseConfig(fusion=fusion))
 
 
-def prepare(method: str, model: Any, train_set: Any, args: argparse.Namespace) -> Trainee:
-    """Build the cache (timed) when the method uses one, then the optimizer and a seeded loader."""
+def prepare(method: str, model: Any, train_set: Any, collate: Any, args: argparse.Namespace) -> Trainee:
+    """Build the cache (timed) when the method uses one, then the optimizer and a seeded loader.
+
+    The prefix cache refuses a model it cannot serve with ValueError or NotImplementedError."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import default_data_collator
@@ -125,10 +159,10 @@ def prepare(method: str, model: Any, train_set: Any, args: argparse.Namespace) -
     build_seconds, cache_mib, data = None, None, train_set
     if method.endswith("-cache"):
         start = time.perf_counter()
-        cache = build_prefix_cache(model, train_set, batch_size=args.batch_size)
+        cache = build_prefix_cache(model, train_set, batch_size=args.batch_size, collate_fn=collate)
         build_seconds = time.perf_counter() - start
         cache_mib = cache.nbytes / 2**20
-        model, data = CachedSkipModel(model, cache), cache.dataset()
+        model, data, collate = CachedSkipModel(model, cache), cache.dataset(), default_data_collator
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3)
@@ -136,7 +170,7 @@ def prepare(method: str, model: Any, train_set: Any, args: argparse.Namespace) -
         data,
         batch_size=args.batch_size,
         shuffle=True,
-        collate_fn=default_data_collator,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(0),
     )
     return Trainee(method, model, loader, optimizer, sum(p.numel() for p in params), build_seconds, cache_mib)
@@ -178,10 +212,16 @@ def time_worker(args: argparse.Namespace, methods: list[str]) -> list[dict[str, 
     import torch
 
     device = _setup(args)
-    trainees = []
+    trainees, refused = [], {}
     for method in methods:
-        train_set, model = _load_data_and_model(args)
-        trainee = prepare(method, wrap(method, model), train_set, args)
+        train_set, model, collate = _load_data_and_model(args)
+        try:
+            trainee = prepare(method, wrap(method, model), train_set, collate, args)
+        except (ValueError, NotImplementedError) as error:  # how the prefix cache refuses a model it cannot serve
+            if not method.endswith("-cache"):
+                raise
+            refused[method] = {"method": method, "refused": f"{type(error).__name__}: {error}"}
+            continue
         batches = iter(trainee.loader)
         for _ in range(args.warmup_steps):
             step(trainee, next(batches), device)
@@ -195,8 +235,8 @@ def time_worker(args: argparse.Namespace, methods: list[str]) -> list[dict[str, 
                 step(trainee, batch, device)
             _sync(device)
             epochs[trainee.method].append(time.perf_counter() - start)
-    return [
-        {
+    timed = {
+        t.method: {
             "method": t.method,
             "epoch_seconds": min(epochs[t.method]),
             "all_epoch_seconds": [round(s, 3) for s in epochs[t.method]],
@@ -209,18 +249,19 @@ def time_worker(args: argparse.Namespace, methods: list[str]) -> list[dict[str, 
             "torch": torch.__version__,
         }
         for t in trainees
-    ]
+    }
+    return [timed.get(m) or refused[m] for m in methods]
 
 
 def memory_worker(args: argparse.Namespace, method: str) -> dict[str, Any]:
     """One method alone in this fresh process: peak memory of (building the cache and) a few training steps."""
     device = _setup(args)
-    train_set, model = _load_data_and_model(args)
+    train_set, model, collate = _load_data_and_model(args)
     model = wrap(method, model)
     from harness.profiling import peak_memory  # imported here like torch: workers start lean
 
     with peak_memory(device) as memory:
-        trainee = prepare(method, model, train_set, args)
+        trainee = prepare(method, model, train_set, collate, args)
         batches = iter(trainee.loader)
         for _ in range(args.memory_steps):
             step(trainee, next(batches), device)
@@ -231,7 +272,9 @@ def memory_worker(args: argparse.Namespace, method: str) -> dict[str, Any]:
 def _worker(args: argparse.Namespace, kind: str, methods: list[str]) -> list[dict[str, Any]]:
     command = [sys.executable, __file__, "--worker", kind, "--methods", ",".join(methods)]
     flags = (
+        "task",
         "image_size",
+        "max_length",
         "max_examples",
         "batch_size",
         "warmup_steps",
@@ -268,7 +311,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     load_before, started = _load(), time.perf_counter()
     results = _worker(args, "time", methods)
     print(f"  timed {len(methods)} methods ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    for result in results:
+    for result in (r for r in results if "refused" not in r):
         result.update(_worker(args, "memory", [result["method"]])[0])
         print(f"  memory of {LABELS[result['method']]} measured", file=sys.stderr, flush=True)
     print_table(args, results, load_before, time.perf_counter() - started)
@@ -280,13 +323,19 @@ def _ratio(value: float | None, reference: float | None) -> str:
 
 
 def print_table(args: argparse.Namespace, results: list[dict[str, Any]], load_before: str, wall: float) -> None:
-    by = {r["method"]: r for r in results}
+    timed = [r for r in results if "refused" not in r]
+    by = {r["method"]: r for r in timed}
     full, lora = by.get("full"), by.get("lora")
-    first, e = results[0], args.amortise_epochs
+    first, e = timed[0], args.amortise_epochs
+    examples = (
+        f"images at {args.image_size}x{args.image_size}"
+        if args.task == "digits"
+        else f"reviews at {args.max_length} tokens"
+    )
     print(
-        f"EfficientNet-Lite0 (ImageNet weights) on digits: {first['examples']} training images at "
-        f"{args.image_size}x{args.image_size}, batch {args.batch_size} ({first['steps_per_epoch']} steps/epoch), "
-        f"AdamW; {args.device}, torch {first['torch']}, {first['threads']} thread(s)"
+        f"{TASKS[args.task][1]}: {first['examples']} training {examples}, batch {args.batch_size} "
+        f"({first['steps_per_epoch']} steps/epoch), AdamW; {args.device}, torch {first['torch']}, "
+        f"{first['threads']} thread(s)"
     )
     peak_what = (
         "sampled RssAnon peak above the level after loading model+data, own process"
@@ -304,6 +353,9 @@ def print_table(args: argparse.Namespace, results: list[dict[str, Any]], load_be
     print(header)
     print("-" * len(header))
     for r in results:
+        if "refused" in r:
+            print(f"{LABELS[r['method']]:<24}refused: {r['refused'].split('. ')[0]}")
+            continue
         epoch, peak, build = r["epoch_seconds"], r["peak_bytes"] / 2**20, r["build_seconds"]
         amortised = (build + e * epoch) / e if build is not None else None
         print(
@@ -314,8 +366,8 @@ def print_table(args: argparse.Namespace, results: list[dict[str, Any]], load_be
             f"{(f'{amortised:.2f}' if amortised is not None else '-'):>10}"
             f"{_ratio(amortised, full and full['epoch_seconds']):>8}"
         )
-    print("epochs (s): " + "; ".join(f"{r['method']} {r['all_epoch_seconds']}" for r in results))
-    caches = [r for r in results if r["cache_mib"] is not None]
+    print("epochs (s): " + "; ".join(f"{r['method']} {r['all_epoch_seconds']}" for r in timed))
+    caches = [r for r in timed if r["cache_mib"] is not None]
     if caches:
         print(f"cache: {caches[0]['cache_mib']:.2f} MiB in memory (the source block's inputs + labels)")
     print(f"load average before: {load_before}, after: {_load()}; benchmark wall time {wall:.0f} s")
