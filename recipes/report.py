@@ -1,0 +1,174 @@
+"""The README's results summary, from the comparison outputs: the papers' claims per task and budget, judged against
+the noise of the comparison itself.
+
+    python recipes/report.py                      # reads docs/results/*/compare.json, writes docs/results/summary.md
+
+Each `recipes/compare.py` output folder holds every test run (method, seed, test accuracy, trainable parameters).
+Differences are paired by seed (the same test split, the same k-shot draw). With d the per-seed differences and
+se = std(d) / sqrt(n), a claim that a difference is at least a bound b (b = -1 point for "within a point", 0 for
+"ahead") reads:
+
+* holds: mean(d) - 2 se >= b (the whole interval clears the bound);
+* does not hold: mean(d) + 2 se < b (the whole interval misses it);
+* within noise: otherwise.
+
+Claims: (a) SCL-FT within a point of tuned full fine-tuning with at most 10% of its trainable parameters (full data);
+(b) SCL-FT ahead of the best other method in few-shot; (c) the NC1-chosen block as good as the validation-chosen
+one, within a point (identical when validation chose the NC1 block). Folders named `*-2_threads` rerun the chosen
+configurations under two torch threads: the spread between the two is the float-order noise of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from skipcollapse._io import write_atomic
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def _runs(folder: Path) -> tuple[dict, list[dict]]:
+    report = json.loads((folder / "compare.json").read_text())
+    return report["experiment"], report["runs"]
+
+
+def paired(runs: list[dict], shots: str, mine: str, other: str) -> list[float]:
+    """Per-seed test accuracy differences, in points, of row `mine` minus row `other` at `shots`."""
+    a = {r["seed"]: r["test_accuracy"] for r in runs if r["shots"] == shots and r["label"] == mine}
+    b = {r["seed"]: r["test_accuracy"] for r in runs if r["shots"] == shots and r["label"] == other}
+    return [100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
+
+
+def verdict(diffs: list[float], bound: float) -> tuple[str, str]:
+    """(verdict, 'mean ± 2se over n seeds') of the claim mean difference >= bound."""
+    if len(diffs) < 2:
+        return "not run", "–"
+    mean, se = statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    text = f"{mean:+.1f} ± {2 * se:.1f} (n={len(diffs)})"
+    if mean - 2 * se >= bound:
+        return "holds", text
+    if mean + 2 * se < bound:
+        return "does not hold", text
+    return "within noise", text
+
+
+def _mean_accuracy(runs: list[dict], shots: str, label: str) -> float:
+    return statistics.mean(100 * r["test_accuracy"] for r in runs if r["shots"] == shots and r["label"] == label)
+
+
+def claims(name: str, experiment: dict, runs: list[dict]) -> list[dict]:
+    setting = experiment["setting"]
+    where = f"{setting['model']} → {setting['dataset']}, {setting['steps']} steps"
+    rows = []
+    labels = set(r["label"] for r in runs)
+    for shots in experiment["shots"]:
+        present = {r["label"] for r in runs if r["shots"] == shots}
+        if "scl-ft" not in present:
+            continue
+        scl = next(r for r in runs if r["shots"] == shots and r["label"] == "scl-ft")
+        if shots == "full" and "full-ft" in present:
+            full = next(r for r in runs if r["shots"] == shots and r["label"] == "full-ft")
+            share = scl["trainable_params"] / full["trainable_params"]
+            state, text = verdict(paired(runs, shots, "scl-ft", "full-ft"), -1.0)
+            if share > 0.10:
+                state = "does not hold"
+            rows.append(
+                dict(
+                    where=where,
+                    shots=shots,
+                    claim="(a) within 1 pt of full FT, ≤10% params",
+                    verdict=state,
+                    evidence=f"{text}; {100 * share:.1f}% of full FT's trainable parameters",
+                )
+            )
+        if shots != "full":
+            others = [label for label in present if not label.startswith("scl-ft") and label != "scl-ft+collapse"]
+            best = max(others, key=lambda label: _mean_accuracy(runs, shots, label))
+            state, text = verdict(paired(runs, shots, "scl-ft", best), 0.0)
+            rows.append(
+                dict(
+                    where=where,
+                    shots=shots,
+                    claim=f"(b) ahead of the best other method ({best})",
+                    verdict=state,
+                    evidence=text,
+                )
+            )
+        if "scl-ft (NC1 block)" in labels and any(
+            r["label"] == "scl-ft (NC1 block)" and r["shots"] == shots for r in runs
+        ):
+            state, text = verdict(paired(runs, shots, "scl-ft (NC1 block)", "scl-ft"), -1.0)
+            evidence = f"NC1 block minus validation block: {text}"
+        else:
+            state, evidence = "holds", "validation chose the NC1 block"
+        chosen = experiment["chosen"][shots]["scl-ft"]
+        evidence += f" (NC1: {_short(chosen['nc1_source_layer'])}, validation: {_short(chosen['source_layer'])})"
+        rows.append(
+            dict(
+                where=where,
+                shots=shots,
+                claim="(c) NC1 block as good as the validation block",
+                verdict=state,
+                evidence=evidence,
+            )
+        )
+    return rows
+
+
+def _short(block: str | None) -> str:
+    return (block or "–").replace("timm_model.", "").replace("bert.encoder.", "")
+
+
+def thread_spread(folder: Path, reference: Path) -> list[dict]:
+    """Per method: the same configuration and seed under 1 and 2 threads, |difference| in points."""
+    _, two = _runs(folder)
+    _, one = _runs(reference)
+    single = {(r["label"], r["shots"], r["seed"]): r["test_accuracy"] for r in one}
+    out: dict[str, list[float]] = {}
+    for r in two:
+        key = (r["label"], r["shots"], r["seed"])
+        if key in single:
+            out.setdefault(r["label"], []).append(abs(100 * (r["test_accuracy"] - single[key])))
+    return [{"method": m, "seeds": len(d), "mean_abs": statistics.mean(d), "max_abs": max(d)} for m, d in out.items()]
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(RESULTS), help="folder of compare.py output folders")
+    args = p.parse_args(argv)
+    root = Path(args.results)
+    lines = [
+        "| task, budget | shots | claim | verdict | paired difference, mean ± 2 se (pts) |",
+        "|---|---|---|---|---|",
+    ]
+    spreads = []
+    for folder in sorted(f for f in root.iterdir() if (f / "compare.json").exists()):
+        if folder.name.endswith("-2_threads"):
+            reference = root / folder.name[: -len("-2_threads")]
+            spreads += [(folder.name, s) for s in thread_spread(folder, reference)]
+            continue
+        experiment, runs = _runs(folder)
+        for row in claims(folder.name, experiment, runs):
+            lines.append(
+                f"| {row['where']} | {row['shots']} | {row['claim']} | **{row['verdict']}** | {row['evidence']} |"
+            )
+    if spreads:
+        lines += [
+            "",
+            "| rerun under 2 threads | method | seeds | mean \\|Δ\\| (pts) | max \\|Δ\\| (pts) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, s in spreads:
+            lines.append(f"| {name} | {s['method']} | {s['seeds']} | {s['mean_abs']:.2f} | {s['max_abs']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    write_atomic(root / "summary.md", text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
