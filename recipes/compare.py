@@ -112,12 +112,15 @@ def main(argv: list[str] | None = None) -> dict:
 
             search(experiment, cache, args.shots, args.methods, progress=step)
 
-    specs = [
-        (label, spec)
-        for shots in args.shots
-        for method in args.methods
-        for label, spec in final_specs(experiment, shots, method, args.seeds)
-    ]
+    try:
+        specs = [
+            (label, spec)
+            for shots in args.shots
+            for method in args.methods
+            for label, spec in final_specs(experiment, shots, method, args.seeds)
+        ]
+    except KeyError as missing:  # no choice yet, or one made for another setting: the message says what to run
+        raise SystemExit(f"error: {missing.args[0]}") from None
     rows = []
     for label, spec in tqdm(specs, desc="test runs", unit="run"):
         rows.append({**cached_run(setting, spec, cache), "label": label})

@@ -8,9 +8,11 @@ Differences are paired by seed (the same test split, the same k-shot draw). With
 se = std(d) / sqrt(n), a claim that a difference is at least a bound b (b = -1 point for "within a point", 0 for
 "ahead") reads:
 
-* holds: mean(d) - 2 se >= b (the whole interval clears the bound);
+* holds: mean(d) - 2 se >= b (the whole interval clears the bound; for "ahead", b = 0 must be cleared strictly);
 * does not hold: mean(d) + 2 se < b (the whole interval misses it);
-* within noise: otherwise.
+* within noise: otherwise; "not run" with fewer than two seeds.
+
+At 5 seeds, mean ± 2 se is about a 90% interval (Student's t with 4 degrees of freedom).
 
 Claims: (a) SCL-FT within a point of tuned full fine-tuning with at most 10% of its trainable parameters (full data);
 (b) SCL-FT ahead of the best other method in few-shot; (c) the NC1-chosen block as good as the validation-chosen
@@ -43,13 +45,14 @@ def paired(runs: list[dict], shots: str, mine: str, other: str) -> list[float]:
     return [100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
 
 
-def verdict(diffs: list[float], bound: float) -> tuple[str, str]:
-    """(verdict, 'mean ± 2se over n seeds') of the claim mean difference >= bound."""
+def verdict(diffs: list[float], bound: float, strict: bool = False) -> tuple[str, str]:
+    """(verdict, 'mean ± 2se over n seeds') of the claim mean difference >= bound (> bound when `strict`)."""
     if len(diffs) < 2:
         return "not run", "–"
     mean, se = statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
     text = f"{mean:+.1f} ± {2 * se:.1f} (n={len(diffs)})"
-    if mean - 2 * se >= bound:
+    low = mean - 2 * se
+    if low > bound or (low == bound and not strict):
         return "holds", text
     if mean + 2 * se < bound:
         return "does not hold", text
@@ -60,11 +63,10 @@ def _mean_accuracy(runs: list[dict], shots: str, label: str) -> float:
     return statistics.mean(100 * r["test_accuracy"] for r in runs if r["shots"] == shots and r["label"] == label)
 
 
-def claims(name: str, experiment: dict, runs: list[dict]) -> list[dict]:
+def claims(experiment: dict, runs: list[dict]) -> list[dict]:
     setting = experiment["setting"]
     where = f"{setting['model']} → {setting['dataset']}, {setting['steps']} steps"
     rows = []
-    labels = set(r["label"] for r in runs)
     for shots in experiment["shots"]:
         present = {r["label"] for r in runs if r["shots"] == shots}
         if "scl-ft" not in present:
@@ -86,9 +88,9 @@ def claims(name: str, experiment: dict, runs: list[dict]) -> list[dict]:
                 )
             )
         if shots != "full":
-            others = [label for label in present if not label.startswith("scl-ft") and label != "scl-ft+collapse"]
-            best = max(others, key=lambda label: _mean_accuracy(runs, shots, label))
-            state, text = verdict(paired(runs, shots, "scl-ft", best), 0.0)
+            others = [label for label in present if not label.startswith("scl-ft")]
+            best = max(others, key=lambda label: _mean_accuracy(runs, shots, label)) if others else None
+            state, text = verdict(paired(runs, shots, "scl-ft", best), 0.0, strict=True) if best else ("not run", "–")
             rows.append(
                 dict(
                     where=where,
@@ -98,14 +100,16 @@ def claims(name: str, experiment: dict, runs: list[dict]) -> list[dict]:
                     evidence=text,
                 )
             )
-        if "scl-ft (NC1 block)" in labels and any(
-            r["label"] == "scl-ft (NC1 block)" and r["shots"] == shots for r in runs
-        ):
+        chosen = experiment["chosen"][shots]["scl-ft"]
+        if "scl-ft (NC1 block)" in present:
             state, text = verdict(paired(runs, shots, "scl-ft (NC1 block)", "scl-ft"), -1.0)
             evidence = f"NC1 block minus validation block: {text}"
-        else:
+        elif chosen["source_layer"] == chosen["nc1_source_layer"]:
             state, evidence = "holds", "validation chose the NC1 block"
-        chosen = experiment["chosen"][shots]["scl-ft"]
+        else:
+            state, evidence = "not run", "the NC1 block's row is missing"
+        if len({g["source_layer"] for g in chosen["grid"]}) < 2:
+            state, evidence = "not run", "the search tried the NC1 block only"
         evidence += f" (NC1: {_short(chosen['nc1_source_layer'])}, validation: {_short(chosen['source_layer'])})"
         rows.append(
             dict(
@@ -125,6 +129,8 @@ def _short(block: str | None) -> str:
 
 def thread_spread(folder: Path, reference: Path) -> list[dict]:
     """Per method: the same configuration and seed under 1 and 2 threads, |difference| in points."""
+    if not (reference / "compare.json").exists():
+        raise SystemExit(f"{folder} is a rerun of {reference}, which has no compare.json: run it first")
     _, two = _runs(folder)
     _, one = _runs(reference)
     single = {(r["label"], r["shots"], r["seed"]): r["test_accuracy"] for r in one}
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> str:
             spreads += [(folder.name, s) for s in thread_spread(folder, reference)]
             continue
         experiment, runs = _runs(folder)
-        for row in claims(folder.name, experiment, runs):
+        for row in claims(experiment, runs):
             lines.append(
                 f"| {row['where']} | {row['shots']} | {row['claim']} | **{row['verdict']}** | {row['evidence']} |"
             )

@@ -90,6 +90,9 @@ class RunSpec:
         """The cache key: the protocol, the setting, the run and torch's thread count (it orders float sums, so
         a run under another count is another result, never a cache hit)."""
         identity = [PROTOCOL, dataclasses.asdict(setting), dataclasses.asdict(self), torch.get_num_threads()]
+        world, device = int(os.environ.get("WORLD_SIZE", "1")), "cuda" if torch.cuda.is_available() else "cpu"
+        if (world, device) != (1, "cpu"):  # processes multiply the global batch; a GPU sums in another order
+            identity.append({"world_size": world, "device": device})
         blob = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -124,6 +127,16 @@ class Experiment:
             extra = set(space) - set(SEARCH_KEYS)
             if extra:
                 raise ValueError(f"{path}: search_space[{method!r}] has unknown keys {sorted(extra)}")
+            blocks, searched = (
+                space.get("source_layer"),
+                raw["setting"].get("blocks_searched", Setting.blocks_searched),
+            )
+            if blocks is not None and (blocks[:1] != [NC1_BLOCK] or 1 < len(blocks) <= searched):
+                raise ValueError(
+                    f"{path}: search_space[{method!r}]['source_layer'] must start with {NC1_BLOCK!r} and list more "
+                    f"than blocks_searched={searched} entries (or only {NC1_BLOCK!r}), so its axis keeps the same "
+                    f"length whichever block the probe picks; got {blocks}"
+                )
         seeds, search_seed = list(raw["seeds"]), raw.get("search_seed", 0)
         if search_seed in seeds:
             raise ValueError(
@@ -325,7 +338,10 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
             test = task.dataset("test", backbone, max_length=setting.max_length)  # the one read of test
             for name, dataset in (("train", _fixed_subset(train, setting.measure_examples)), ("test", test)):
                 loader = shard_loader(dataset, batch, collate, args.process_index, args.world_size)
-                result[f"nc1_{name}"] = measure_collapse(model, loader, task.num_labels, nc4=False)["nc1"]
+                try:
+                    result[f"nc1_{name}"] = measure_collapse(model, loader, task.num_labels, nc4=False)["nc1"]
+                except ValueError as undefined:  # e.g. a diverged run whose features no longer separate classes
+                    result[f"nc1_{name}"], result[f"nc1_{name}_undefined"] = None, str(undefined)
             result["test_accuracy"] = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
             result["test_examples"] = len(test)
     return result
@@ -530,11 +546,17 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "source_layer": runs[0]["source_layer"],
                     "trainable_params": runs[0]["trainable_params"],
                     "trainable_share": runs[0]["trainable_share"],
-                    "nc1_train": statistics.mean(r["nc1_train"] for r in runs),
-                    "nc1_test": statistics.mean(r["nc1_test"] for r in runs),
+                    "nc1_train": _mean_defined(r["nc1_train"] for r in runs),
+                    "nc1_test": _mean_defined(r["nc1_test"] for r in runs),
                 }
             )
     return table
+
+
+def _mean_defined(values: Iterable[float | None]) -> float:
+    """The mean of the defined values (NC1 is undefined for a run whose class means coincide); NaN if none is."""
+    defined = [v for v in values if v is not None]
+    return statistics.mean(defined) if defined else math.nan
 
 
 def paired(rows: list[dict[str, Any]], reference: str = "scl-ft") -> list[dict[str, Any]]:

@@ -131,6 +131,8 @@ def hold_out(
     (a seeded order of them, taken until ``fraction`` of the examples is held out), so no group straddles."""
     if groups is None:
         return train_test_split_stratified(labels, test_fraction=fraction, seed=seed)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     generator = torch.Generator().manual_seed(seed)
     ids = torch.unique(groups)
     order = ids[torch.randperm(len(ids), generator=generator)]

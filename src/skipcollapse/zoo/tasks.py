@@ -105,12 +105,13 @@ def load_task(
 ) -> Task:
     """A named offline task (`skipcollapse.zoo.sources`), a local folder/file, or a `datasets` hub name.
 
-    Splits: the test split is the source's own (or a stratified ``test_fraction`` of it, fixed by ``split_seed``;
-    whole groups, such as one movie's reviews, go to one side), optionally cut to a fixed ``test_examples``; the
-    validation split is ``validation_per_class`` examples per class carved from the training pool with
-    ``split_seed`` (a source's own ``validation`` split is used when it has one; 0 means no validation split);
-    ``k_shot`` then keeps k examples per class of what remains, drawn with ``seed``. Train, validation and test
-    never share an example (nor a group), and only the k-shot draw depends on ``seed``.
+    Splits: the test split is the source's own (or a stratified share of the pool, 30% or the source's
+    ``test_fraction``, fixed by ``split_seed``; whole groups, such as one movie's reviews, go to one side),
+    optionally cut to a fixed ``test_examples``; the validation split is ``validation_per_class`` examples per
+    class carved from the training pool with ``split_seed`` (a source's own ``validation`` split is used when it
+    has one; 0 means no validation split); ``k_shot`` then keeps k examples per class of what remains, drawn with
+    ``seed``. Train, validation and test never share an example, a group or (for texts) a text, and only the
+    k-shot draw depends on ``seed``.
     """
     if validation_per_class < 0:
         raise ValueError(f"validation_per_class must be >= 0, got {validation_per_class}")
@@ -138,10 +139,15 @@ def load_task(
         test = test.select(torch.randperm(len(test), generator=generator)[:test_examples].sort().values.tolist())
     validation = source.splits.get("validation")
     if validation is None and validation_per_class > 0:
-        held, train_idx = embedded_data.carve_validation(
-            labels, train_idx, validation_per_class, split_seed, None if groups is None else groups
-        )
+        held, train_idx = embedded_data.carve_validation(labels, train_idx, validation_per_class, split_seed, groups)
         validation = pool.select(held.tolist())
+    if source.modality == "text":  # a corpus may repeat a text (under another movie, say): keep it on one side
+        test_texts = set(test["text"])
+        if validation is not None:
+            validation = validation.filter(lambda text: text not in test_texts, input_columns="text")
+        held_out = test_texts | set(validation["text"] if validation is not None else [])
+        texts = pool["text"]
+        train_idx = torch.tensor([i for i in train_idx.tolist() if texts[i] not in held_out], dtype=torch.long)
     if k_shot is not None:
         train_idx = train_idx[embedded_data.few_shot_indices(labels[train_idx], k_shot, seed=seed)]
     train = pool.select(train_idx.tolist())
@@ -164,7 +170,10 @@ def add_data_arguments(parser: Any, image_size: int | None = DEFAULT_IMAGE_SIZE)
         help="efficientnet_lite0, minilm (offline), timm:<name>, or a hub id / local path",
     )
     parser.add_argument(
-        "--dataset", default="digits", help="digits, tiny-text (offline), or a datasets name / local path"
+        "--dataset",
+        default="digits",
+        help="digits, tiny-text, fashion-mnist, rotten-tomatoes, bbc-news (offline), a local folder or data file, "
+        "or a datasets name",
     )
     parser.add_argument("--image-column", default="image", help="column of a datasets task that holds the images")
     parser.add_argument("--text-column", default="text", help="column that holds the texts")

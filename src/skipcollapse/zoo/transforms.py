@@ -38,6 +38,11 @@ class ImageTransform:
         array = np.asarray(image)
         # integers are 0..255 (uint8 arrays arrive as Python ints through the table's formatter); floats are [0, 1]
         scaled = array.astype(np.float32) / 255.0 if np.issubdtype(array.dtype, np.integer) else array
+        if scaled.size and (scaled.min() < 0 or scaled.max() > 1):
+            raise ValueError(
+                f"an image has values in [{scaled.min():g}, {scaled.max():g}]; stored images must be 8-bit integers "
+                "(0..255) or floats in [0, 1]: rescale the column before loading it"
+            )
         pixels = torch.from_numpy(np.ascontiguousarray(scaled)).to(torch.float32)
         pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
         if pixels.shape[0] == 1 and self.channels > 1:
