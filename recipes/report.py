@@ -28,6 +28,7 @@ import math
 import statistics
 from pathlib import Path
 
+from harness.experiments import seed_differences as paired
 from skipcollapse._io import write_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -36,13 +37,6 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 def _runs(folder: Path) -> tuple[dict, list[dict]]:
     report = json.loads((folder / "compare.json").read_text())
     return report["experiment"], report["runs"]
-
-
-def paired(runs: list[dict], shots: str, mine: str, other: str) -> list[float]:
-    """Per-seed test accuracy differences, in points, of row `mine` minus row `other` at `shots`."""
-    a = {r["seed"]: r["test_accuracy"] for r in runs if r["shots"] == shots and r["label"] == mine}
-    b = {r["seed"]: r["test_accuracy"] for r in runs if r["shots"] == shots and r["label"] == other}
-    return [100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
 
 
 def verdict(diffs: list[float], bound: float, strict: bool = False) -> tuple[str, str]:

@@ -559,6 +559,14 @@ def _mean_defined(values: Iterable[float | None]) -> float:
     return statistics.mean(defined) if defined else math.nan
 
 
+def seed_differences(rows: list[dict[str, Any]], shots: str, mine: str, other: str) -> list[float]:
+    """Per-seed test accuracy differences, in points, of row label `mine` minus `other` at `shots` (seeds both ran,
+    in seed order: the same test split and k-shot draw on each side)."""
+    a = {r["seed"]: r["test_accuracy"] for r in rows if r["shots"] == shots and r["label"] == mine}
+    b = {r["seed"]: r["test_accuracy"] for r in rows if r["shots"] == shots and r["label"] == other}
+    return [100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
+
+
 def paired(rows: list[dict[str, Any]], reference: str = "scl-ft") -> list[dict[str, Any]]:
     """`reference` against every other row label of the same shots setting, seed by seed (same test split)."""
     out = []
@@ -569,7 +577,7 @@ def paired(rows: list[dict[str, Any]], reference: str = "scl-ft") -> list[dict[s
             seeds = sorted(set(mine) & set(theirs))
             if not seeds:
                 continue
-            diffs = [100 * (mine[s]["test_accuracy"] - theirs[s]["test_accuracy"]) for s in seeds]
+            diffs = seed_differences(rows, shots, reference, label)
             out.append(
                 {
                     "shots": shots,

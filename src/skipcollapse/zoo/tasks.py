@@ -167,7 +167,7 @@ def add_data_arguments(parser: Any, image_size: int | None = DEFAULT_IMAGE_SIZE)
     parser.add_argument(
         "--model",
         default="efficientnet_lite0",
-        help="efficientnet_lite0, minilm (offline), timm:<name>, or a hub id / local path",
+        help="efficientnet_lite0, mobilenetv2, minilm (offline), timm:<name>, or a hub id / local path",
     )
     parser.add_argument(
         "--dataset",
