@@ -130,6 +130,19 @@ def test_search_reads_validation_only_then_resumes_without_training(tiny_experim
         )
 
 
+def test_searches_side_by_side_on_one_file_keep_each_others_choices(tiny_experiment) -> None:
+    # two processes' views of one file, each searching another shots setting and saving as it goes
+    full, few = E.Experiment.load(tiny_experiment.path), E.Experiment.load(tiny_experiment.path)
+    full.record("full", "linear-probe", {"learning_rate": 0.1})
+    few.record("4", "linear-probe", {"learning_rate": 0.01})
+    full.record("full", "scl-ft", {"learning_rate": 0.001})
+    saved = json.loads(tiny_experiment.path.read_text())["chosen"]
+    assert saved == {
+        "full": {"linear-probe": {"learning_rate": 0.1}, "scl-ft": {"learning_rate": 0.001}},
+        "4": {"linear-probe": {"learning_rate": 0.01}},
+    }
+
+
 def test_cache_key_separates_settings_and_hyper_parameters() -> None:
     spec = E.RunSpec("scl-ft", "full", 0, 1e-3, source_layer="a")
     setting = E.Setting()

@@ -59,8 +59,12 @@ def test_grouped_splits_keep_every_group_on_one_side() -> None:
     sides = [set(groups[i].tolist()) for i in (train, validation, test)]
     assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
     assert torch.bincount(labels[validation]).tolist() == [30, 30] and 0.2 <= len(test) / 1200 < 0.25
+    for cls in (0, 1):  # validation spreads over groups: one example of a class per group, so 30 groups each
+        assert len(set(groups[validation[labels[validation] == cls]].tolist())) == 30
     again = D.carve_validation(labels, D.hold_out(labels, 0.2, seed=0, groups=groups)[0], 30, seed=0, groups=groups)
     assert torch.equal(again[0], validation) and torch.equal(again[1], train)
+    with pytest.raises(ValueError, match="only .* groups .* lower validation_per_class"):
+        D.carve_validation(labels, kept, per_class=len(kept), seed=0, groups=groups)
 
 
 def _write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -124,8 +128,8 @@ def test_offline_named_tasks_have_fixed_disjoint_splits(name: str) -> None:
         assert sizes == (60000, 10000)
     elif name == "bbc-news":  # a stratified 20% held out; the splits partition the 2,125 distinct articles
         assert sum(sizes) == 2125 and 0.19 < sizes[1] / 2125 < 0.21
-    else:  # whole movies held out: the rest of the movies set aside for validation leave training
-        assert 0.98 * 12808 < sum(sizes) <= 12808 and 0.2 <= sizes[1] / 12808 < 0.22
+    else:  # whole movies held out; the rest of the movies that gave validation one review each leave training
+        assert 0.95 * 12808 < sum(sizes) <= 12808 and 0.2 <= sizes[1] / 12808 < 0.22
     if column == "text":  # a text is its identity: none sits on two sides (Rotten Tomatoes repeats 55 snippets)
         train, validation, test = (set(getattr(full, split)[column]) for split in ("train", "validation", "test"))
         assert not (train & validation) and not (train & test) and not (validation & test)

@@ -168,6 +168,25 @@ class Experiment:
         write_atomic(target, json.dumps(self.to_json(), indent=2) + "\n")
         return target
 
+    def record(self, shots: str, method: str, entry: dict[str, Any]) -> None:
+        """Set the choice of `method` at `shots` and save it to the experiment's file, if it has one.
+
+        The file is re-read and merged under a lock, so searches of one file run side by side (one process per
+        shots setting, say) keep each other's choices instead of the last save overwriting them.
+        """
+        self.chosen.setdefault(shots, {})[method] = entry
+        if self.path is None or not is_main_process():
+            return
+        import fcntl  # the recipes run on POSIX
+
+        with open(self.path.parent / f".{self.path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            on_disk = json.loads(self.path.read_text()).get("chosen", {}) if self.path.exists() else {}
+            for other_shots, methods in on_disk.items():
+                self.chosen.setdefault(other_shots, {}).update(methods)
+            self.chosen[shots][method] = entry
+            self.save()
+
     def made_for(self, method: str) -> dict[str, Any]:
         """What a choice of `method` depends on: the shared setting, its search space and the search seed. A choice
         records it, and is used only while the file still says the same (`choice`)."""
@@ -474,7 +493,6 @@ def search(
     methods = methods or list(experiment.search_space)
     for shots in shots_list or experiment.shots:
         nc1_block = probe_block(setting, shots, seed, cache)
-        chosen = experiment.chosen.setdefault(shots, {})
         for method in methods:
             configurations = search_grid(experiment, method, nc1_block)
             tried = []
@@ -497,9 +515,7 @@ def search(
             if method in BLOCK_METHODS:  # the paper's choice: the NC1 block, at its validation-best settings
                 on_nc1 = select(r for r in tried if r["source_layer"] == nc1_block)
                 entry["nc1_choice"] = {k: on_nc1[k] for k in keys}
-            chosen[method] = entry
-            if experiment.path is not None and is_main_process():
-                experiment.save()  # choices land in the file as they are made: a stopped search keeps them
+            experiment.record(shots, method, entry)  # choices land in the file as made: a stopped search keeps them
     return experiment.chosen
 
 

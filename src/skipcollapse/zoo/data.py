@@ -147,26 +147,41 @@ def carve_validation(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(validation, rest) indices: ``per_class`` examples of each class drawn from ``pool`` with ``seed``.
 
-    With ``groups``, whole groups are set aside (in a seeded order, until every class has ``per_class`` examples
-    in them), the validation examples are drawn from those, and the rest of those groups leaves the pool too.
+    With ``groups`` (one movie's reviews, say), no group gives validation more than one example of a class: groups
+    are visited in a seeded order and each gives one example of every class still short, so a class's validation
+    examples come from ``per_class`` different groups. Examples of one group are correlated; a validation set of
+    a few whole groups would measure those groups, not the task. Every group that gave an example leaves the pool
+    whole, so no group straddles validation and training.
     """
     if groups is None:
         held = pool[few_shot_indices(labels[pool], per_class, seed=seed)]
         return held, pool[~torch.isin(pool, held)]
     generator = torch.Generator().manual_seed(seed)
     ids = torch.unique(groups[pool])
-    classes = torch.unique(labels[pool])
-    counts = torch.zeros(int(labels.max()) + 1, dtype=torch.long)
-    taken = []
+    short = {cls: per_class for cls in torch.unique(labels[pool]).tolist()}
+    chosen: list[int] = []
+    taken: list[int] = []
     for group in ids[torch.randperm(len(ids), generator=generator)].tolist():
-        if bool((counts[classes] >= per_class).all()):
+        if not any(short.values()):
             break
         members = pool[groups[pool] == group]
-        counts += torch.bincount(labels[members], minlength=len(counts))
-        taken.append(group)
-    aside = pool[torch.isin(groups[pool], torch.tensor(taken, dtype=torch.long))]
-    held = aside[few_shot_indices(labels[aside], per_class, seed=seed)]
-    return held, pool[~torch.isin(pool, aside)]
+        given = 0
+        for cls, missing in short.items():
+            of_class = members[labels[members] == cls]
+            if missing and len(of_class):
+                chosen.append(int(of_class[torch.randint(len(of_class), (1,), generator=generator)]))
+                short[cls], given = missing - 1, given + 1
+        if given:
+            taken.append(group)
+    if any(short.values()):
+        cls = next(c for c, missing in short.items() if missing)
+        raise ValueError(
+            f"class {cls} appears in only {per_class - short[cls]} groups of the pool, fewer than "
+            f"validation_per_class={per_class} (one validation example per group and class): lower "
+            "validation_per_class"
+        )
+    aside = torch.isin(groups[pool], torch.tensor(taken, dtype=torch.long))
+    return torch.sort(torch.tensor(chosen, dtype=torch.long)).values, pool[~aside]
 
 
 # --- tiny text classification ----------------------------------------------------------------
