@@ -137,11 +137,30 @@ def thread_spread(folder: Path, reference: Path) -> list[dict]:
     return [{"method": m, "seeds": len(d), "mean_abs": statistics.mean(d), "max_abs": max(d)} for m, d in out.items()]
 
 
+def run_time(cache: Path, experiment: dict) -> dict:
+    """Per thread count: the runs in `cache` made under `experiment`'s setting, how many of them recorded their
+    seconds (runs cached before results carried them did not), and those runs' summed wall time in minutes: what
+    training the table cost, search included."""
+    out: dict[int, dict] = {}
+    for path in cache.glob("*.json"):
+        result = json.loads(path.read_text())
+        if result.get("setting") == experiment["setting"]:
+            entry = out.setdefault(result["threads"], {"runs": 0, "timed": 0, "minutes": 0.0})
+            entry["runs"] += 1
+            if "seconds" in result:
+                entry["timed"] += 1
+                entry["minutes"] += result["seconds"] / 60
+    return out
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(RESULTS), help="folder of compare.py output folders")
+    p.add_argument("--cache-dir", default=None, help="the runs' cache, for the time table (default: <results>/cache)")
     args = p.parse_args(argv)
     root = Path(args.results)
+    cache = Path(args.cache_dir) if args.cache_dir else root / "cache"
+    times = []
     lines = [
         "| task, budget | shots | claim | verdict | paired difference, mean ± 2 se (pts) |",
         "|---|---|---|---|---|",
@@ -153,6 +172,7 @@ def main(argv: list[str] | None = None) -> str:
             spreads += [(folder.name, s) for s in thread_spread(folder, reference)]
             continue
         experiment, runs = _runs(folder)
+        times += [(folder.name, threads, t) for threads, t in sorted(run_time(cache, experiment).items())]
         for row in claims(experiment, runs):
             lines.append(
                 f"| {row['where']} | {row['shots']} | {row['claim']} | **{row['verdict']}** | {row['evidence']} |"
@@ -165,6 +185,15 @@ def main(argv: list[str] | None = None) -> str:
         ]
         for name, s in spreads:
             lines.append(f"| {name} | {s['method']} | {s['seeds']} | {s['mean_abs']:.2f} | {s['max_abs']:.2f} |")
+    if times:
+        lines += [
+            "",
+            "| experiment | threads | runs (search and test) | of them timed | their run time, summed (min) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {threads} | {t['runs']} | {t['timed']} | {t['minutes']:.0f} |" for name, threads, t in times
+        ]
     text = "\n".join(lines) + "\n"
     write_atomic(root / "summary.md", text)
     print(text)
