@@ -138,9 +138,9 @@ def thread_spread(folder: Path, reference: Path) -> list[dict]:
 
 
 def run_time(cache: Path, experiment: dict) -> dict:
-    """Per thread count: the runs in `cache` made under `experiment`'s setting, how many of them recorded their
-    seconds (runs cached before results carried them did not), and those runs' summed wall time in minutes: what
-    training the table cost, search included."""
+    """Per thread count: the runs in `cache` made under `experiment`'s setting (search and test, and any grid point
+    a search once tried), how many of them recorded their seconds (runs cached before results carried them did
+    not), and those runs' summed wall time in minutes: what training the table cost."""
     out: dict[int, dict] = {}
     for path in cache.glob("*.json"):
         result = json.loads(path.read_text())

@@ -5,8 +5,9 @@
 # the float-order check, which reruns the chosen configurations under two threads.
 # Usage: bash recipes/reproduce_results.sh [a|b|c|threads|tables|all]
 #   a, b and c are training queues that can run side by side (one per core); `threads` (the float-order rerun)
-#   takes both cores; `tables` then writes every table from the cache (it trains nothing once the rest is done);
-#   `all` runs everything one after another.
+#   takes both cores; `tables` then writes what two queues share (the text task's table, from both shots settings)
+#   and the claims summary, from the cache (it trains nothing once the rest is done); the other tables are written
+#   by their queues. `all` runs everything one after another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
 import torch
 
 from harness import experiments as E
+from skipcollapse.zoo import data as D
 from skipcollapse.zoo import tasks as T
 from skipcollapse.zoo.tasks import load_task
 
@@ -161,6 +163,34 @@ def test_cache_key_separates_settings_and_hyper_parameters() -> None:
     finally:
         torch.set_num_threads(threads)
     assert len(keys) == 7 and spec.key(setting) == E.RunSpec("scl-ft", "full", 0, 1e-3, source_layer="a").key(setting)
+
+
+def test_cache_key_carries_the_split_rules_of_grouped_tasks(monkeypatch) -> None:
+    # a grouped task whose splits are drawn by another rule version is another result, never a stale hit
+    spec, setting = E.RunSpec("scl-ft", "full", 0, 1e-3, source_layer="a"), E.Setting(dataset="tiny-text")
+    plain = spec.key(setting)  # an ungrouped task: no rule enters its key, so its committed results keep theirs
+    assert E._split_rules(setting) == () and plain == _key_without_split_rules(spec, setting)
+    grouped = E.Setting(dataset="tiny-text", steps=7)
+    before = spec.key(grouped)
+    E._split_rules.cache_clear()
+    real = T.load_task
+
+    def load_grouped(*args, **kwargs):
+        task = real(*args, **kwargs)
+        task.split_rules = {"grouped_splits": D.GROUPED_SPLITS}
+        return task
+
+    monkeypatch.setattr(T, "load_task", load_grouped)
+    try:
+        after = spec.key(grouped)
+    finally:
+        E._split_rules.cache_clear()
+    assert after != before and before == _key_without_split_rules(spec, grouped)
+
+
+def _key_without_split_rules(spec, setting) -> str:
+    identity = [E.PROTOCOL, dataclasses.asdict(setting), dataclasses.asdict(spec), torch.get_num_threads()]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def test_experiment_file_errors_name_the_problem(tmp_path) -> None:

@@ -123,6 +123,7 @@ def test_offline_named_tasks_have_fixed_disjoint_splits(name: str) -> None:
         assert first[column] == second[column] and torch.equal(tasks[0].labels(split), tasks[1].labels(split))
     assert len(tasks[0].test) == 300 and tasks[0].train[column] != tasks[1].train[column]
     full = load_task(name, validation_per_class=10)
+    assert full.split_rules == ({"grouped_splits": D.GROUPED_SPLITS} if name == "rotten-tomatoes" else {})
     sizes = len(full.train) + len(full.validation), len(full.test)
     if name == "fashion-mnist":  # the source's own test split
         assert sizes == (60000, 10000)

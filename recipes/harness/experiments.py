@@ -20,12 +20,13 @@ once `search` has run, the configurations it chose, each recording what it was c
 Search runs never build the test set (`run` only touches it when ``evaluate_test`` is set), and results are
 cached per configuration (one JSON file each, written atomically), so an interrupted search resumes where it
 stopped and a rerun of finished work costs nothing. The cache key covers the setting, the run's
-hyper-parameters, torch's thread count and `PROTOCOL`.
+hyper-parameters, torch's thread count, `PROTOCOL` and the versions of the split rules the task uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -90,6 +91,7 @@ class RunSpec:
         """The cache key: the protocol, the setting, the run and torch's thread count (it orders float sums, so
         a run under another count is another result, never a cache hit)."""
         identity = [PROTOCOL, dataclasses.asdict(setting), dataclasses.asdict(self), torch.get_num_threads()]
+        identity += _split_rules(setting)
         world, device = int(os.environ.get("WORLD_SIZE", "1")), "cuda" if torch.cuda.is_available() else "cpu"
         if (world, device) != (1, "cpu"):  # processes multiply the global batch; a GPU sums in another order
             identity.append({"world_size": world, "device": device})
@@ -172,7 +174,8 @@ class Experiment:
         """Set the choice of `method` at `shots` and save it to the experiment's file, if it has one.
 
         The file is re-read and merged under a lock, so searches of one file run side by side (one process per
-        shots setting, say) keep each other's choices instead of the last save overwriting them.
+        shots setting, say) keep each other's choices instead of the last save overwriting them. A merge adds and
+        replaces choices, never removes one: a choice deleted from the file while a search runs comes back.
         """
         self.chosen.setdefault(shots, {})[method] = entry
         if self.path is None or not is_main_process():
@@ -366,6 +369,15 @@ def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
     return result
 
 
+@functools.cache
+def _split_rules(setting: Setting) -> tuple[dict[str, int], ...]:
+    """The versions of the split rules the setting's task uses (`Task.split_rules`), for the cache keys: a change
+    of how a task is split (grouped validation, say) makes its old results misses, not silent hits. Empty for
+    tasks no such change has touched, so their keys stay what they were. Loaded once per setting and process."""
+    rules = _task(setting, "full", 0).split_rules
+    return (rules,) if rules else ()
+
+
 def _task(setting: Setting, shots: str, seed: int) -> Any:
     """The task of one run: fixed test and validation splits, the k-shot draw of `seed`."""
     from skipcollapse.zoo.tasks import load_task
@@ -432,9 +444,8 @@ def probe_block(setting: Setting, shots: str, seed: int, cache: ResultCache) -> 
     from skipcollapse.probe import probe_layers
     from skipcollapse.zoo.backbones import load_backbone
 
-    key = hashlib.sha256(
-        json.dumps(["probe", PROTOCOL, dataclasses.asdict(setting), shots, seed]).encode()
-    ).hexdigest()[:20]
+    identity = ["probe", PROTOCOL, dataclasses.asdict(setting), shots, seed, *_split_rules(setting)]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
     hit = _agreed(cache.get(key))
     if hit is not None:
         return hit["recommended"]

@@ -53,6 +53,7 @@ class Task:
     test: Any
     label_names: list[str] = field(default_factory=list)
     validation: Any = None
+    split_rules: dict[str, int] = field(default_factory=dict)  # versions of the split rules this task's splits used
 
     def labels(self, split: str) -> torch.Tensor:
         """The class ids of one split (a column read; no example is decoded)."""
@@ -154,7 +155,8 @@ def load_task(
     keep = [source.modality, "label"]
     train, test = train.select_columns(keep), test.select_columns(keep)
     validation = validation.select_columns(keep) if validation is not None else None
-    return Task(name, source.modality, len(source.label_names), train, test, source.label_names, validation)
+    rules = {"grouped_splits": embedded_data.GROUPED_SPLITS} if groups is not None else {}
+    return Task(name, source.modality, len(source.label_names), train, test, source.label_names, validation, rules)
 
 
 def _group_ids(values: list[Any]) -> torch.Tensor:
