@@ -34,9 +34,9 @@ queue_c() {
   partial rotten_tomatoes-minilm 50 --search --seeds 0 1 2 3 4 --threads 1
 }
 threads() {  # float order: the chosen configurations and seeds again under two threads (both cores: run it alone)
-  compare fashion_mnist-efficientnet_lite0 --shots full --seeds 0 1 2 3 4 --threads 2 \
+  compare fashion_mnist-efficientnet_lite0 --shots full --seeds 0 1 2 --threads 2 \
     --output-dir docs/results/fashion_mnist-efficientnet_lite0-2_threads
-  compare efficientnet_lite0-digits --shots full --seeds 0 1 2 --threads 2 \
+  compare efficientnet_lite0-digits --shots full --methods scl-ft --seeds 0 1 2 --threads 2 \
     --output-dir docs/results/efficientnet_lite0-digits-2_threads
 }
 tables() {
