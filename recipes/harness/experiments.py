@@ -88,8 +88,8 @@ class RunSpec:
         return None if self.shots == "full" else int(self.shots)
 
     def key(self, setting: Setting) -> str:
-        """The cache key: the protocol, the setting, the run and torch's thread count (it orders float sums, so
-        a run under another count is another result, never a cache hit)."""
+        """The cache key: the protocol, the setting, the run, torch's thread count (it orders float sums, so
+        a run under another count is another result, never a cache hit) and the task's split-rule versions."""
         identity = [PROTOCOL, dataclasses.asdict(setting), dataclasses.asdict(self), torch.get_num_threads()]
         identity += _split_rules(setting)
         world, device = int(os.environ.get("WORLD_SIZE", "1")), "cuda" if torch.cuda.is_available() else "cpu"
