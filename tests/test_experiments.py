@@ -110,6 +110,9 @@ def test_search_reads_validation_only_then_resumes_without_training(tiny_experim
     assert scl["nc1_choice"]["source_layer"] == scl["nc1_source_layer"]
     saved = json.loads(tiny_experiment.path.read_text())["chosen"]
     assert saved["4"]["linear-probe"]["learning_rate"] == chosen["4"]["linear-probe"]["learning_rate"]
+    runs = [json.loads(f.read_text()) for f in (tmp_path / "cache").glob("*.json")]
+    runs = [r for r in runs if "method" in r]  # (the probe's file is the other one)
+    assert len(runs) == 4 and all(r["cpu"] and r["threads"] == torch.get_num_threads() for r in runs)
 
     # the poisoned test split is really poisonous: a test run of the chosen configuration reads it and fails
     label, spec = E.final_specs(tiny_experiment, "4", "linear-probe", [0])[0]

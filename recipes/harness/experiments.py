@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -257,9 +258,21 @@ def cached_run(setting: Setting, spec: RunSpec, cache: ResultCache, runner: Runn
     start = time.perf_counter()
     result = {**dataclasses.asdict(spec), **(runner or run)(setting, spec), "key": key}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    result.update(setting=dataclasses.asdict(setting), threads=torch.get_num_threads())  # what the file is a result of
-    cache.put(key, result)
+    result.update(setting=dataclasses.asdict(setting), threads=torch.get_num_threads(), cpu=cpu_model())
+    cache.put(key, result)  # the file says what it is a result of, the CPU included (float order depends on it)
     return {**result, "cached": False}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else `platform.processor`). Results record it but the cache key
+    does not: committed results stay hits on another machine, and a reader can see which CPU made which number."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def run(setting: Setting, spec: RunSpec) -> dict[str, Any]:
