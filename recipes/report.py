@@ -16,8 +16,12 @@ At 5 seeds, mean ± 2 se is about a 90% interval (Student's t with 4 degrees of 
 
 Claims: (a) SCL-FT within a point of tuned full fine-tuning with at most 10% of its trainable parameters (full data);
 (b) SCL-FT ahead of the best other method in few-shot; (c) the NC1-chosen block as good as the validation-chosen
-one, within a point (identical when validation chose the NC1 block). Folders named `*-2_threads` rerun the chosen
-configurations under two torch threads: the spread between the two is the float-order noise of one run.
+one, within a point (identical when validation chose the NC1 block).
+
+Reruns measure float-order noise: a folder `<reference>-2_threads` reruns the reference's chosen configurations and
+seeds under two torch threads, `<reference>-cpu_rerun` under one thread on whatever CPU ran it (from an empty cache;
+every cached result records its CPU), so `<x>-cpu_rerun-2_threads` against `<x>-cpu_rerun` is the thread count alone.
+The spread between a rerun and its reference is what float order does to one run.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from harness.experiments import seed_differences as paired
 from skipcollapse._io import write_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+RERUNS = ("-2_threads", "-cpu_rerun")  # folder suffixes: a rerun of the folder named without it
 
 
 def _runs(folder: Path) -> tuple[dict, list[dict]]:
@@ -123,7 +128,7 @@ def _short(block: str | None) -> str:
 
 
 def thread_spread(folder: Path, reference: Path) -> list[dict]:
-    """Per method: the same configuration and seed under 1 and 2 threads, |difference| in points."""
+    """Per method: the same configuration and seed in `folder` and in the run it reruns, |difference| in points."""
     if not (reference / "compare.json").exists():
         raise SystemExit(f"{folder} is a rerun of {reference}, which has no compare.json: run it first")
     _, two = _runs(folder)
@@ -167,9 +172,9 @@ def main(argv: list[str] | None = None) -> str:
     ]
     spreads = []
     for folder in sorted(f for f in root.iterdir() if (f / "compare.json").exists()):
-        if folder.name.endswith("-2_threads"):
-            reference = root / folder.name[: -len("-2_threads")]
-            spreads += [(folder.name, s) for s in thread_spread(folder, reference)]
+        if folder.name.endswith(RERUNS):  # <reference>-2_threads, <reference>-cpu_rerun
+            reference = root / folder.name.rsplit("-", 1)[0]
+            spreads += [(folder.name, reference.name, s) for s in thread_spread(folder, reference)]
             continue
         experiment, runs = _runs(folder)
         times += [(folder.name, threads, t) for threads, t in sorted(run_time(cache, experiment).items())]
@@ -180,11 +185,12 @@ def main(argv: list[str] | None = None) -> str:
     if spreads:
         lines += [
             "",
-            "| rerun under 2 threads | method | seeds | mean \\|Δ\\| (pts) | max \\|Δ\\| (pts) |",
-            "|---|---|---|---|---|",
+            "| rerun | of | method | seeds | mean \\|Δ\\| (pts) | max \\|Δ\\| (pts) |",
+            "|---|---|---|---|---|---|",
         ]
-        for name, s in spreads:
-            lines.append(f"| {name} | {s['method']} | {s['seeds']} | {s['mean_abs']:.2f} | {s['max_abs']:.2f} |")
+        for name, of, s in spreads:
+            row = f"| {name} | {of} | {s['method']} | {s['seeds']} | {s['mean_abs']:.2f} | {s['max_abs']:.2f} |"
+            lines.append(row)
     if times:
         lines += [
             "",

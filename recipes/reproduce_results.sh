@@ -33,9 +33,12 @@ queue_b() {
 queue_c() {
   partial rotten_tomatoes-minilm 50 --search --seeds 0 1 2 3 4 --threads 1
 }
-threads() {  # float order: the chosen configurations and seeds again under two threads (both cores: run it alone)
+threads() {  # float order, one cause at a time (both cores: run it alone). 1 thread on this CPU from an empty cache,
+  # against the committed table (made on another CPU), then 2 threads on this CPU against that
+  compare fashion_mnist-efficientnet_lite0 --shots full --seeds 0 1 2 --threads 1 \
+    --cache-dir docs/results/cache-cpu_rerun --output-dir docs/results/fashion_mnist-efficientnet_lite0-cpu_rerun
   compare fashion_mnist-efficientnet_lite0 --shots full --seeds 0 1 2 --threads 2 \
-    --output-dir docs/results/fashion_mnist-efficientnet_lite0-2_threads
+    --output-dir docs/results/fashion_mnist-efficientnet_lite0-cpu_rerun-2_threads
   compare efficientnet_lite0-digits --shots full --methods scl-ft --seeds 0 1 2 --threads 2 \
     --output-dir docs/results/efficientnet_lite0-digits-2_threads
 }
