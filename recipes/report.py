@@ -127,7 +127,7 @@ def _short(block: str | None) -> str:
     return (block or "–").replace("timm_model.", "").replace("bert.encoder.", "")
 
 
-def thread_spread(folder: Path, reference: Path) -> list[dict]:
+def rerun_spread(folder: Path, reference: Path) -> list[dict]:
     """Per method: the same configuration and seed in `folder` and in the run it reruns, |difference| in points."""
     if not (reference / "compare.json").exists():
         raise SystemExit(f"{folder} is a rerun of {reference}, which has no compare.json: run it first")
@@ -142,13 +142,12 @@ def thread_spread(folder: Path, reference: Path) -> list[dict]:
     return [{"method": m, "seeds": len(d), "mean_abs": statistics.mean(d), "max_abs": max(d)} for m, d in out.items()]
 
 
-def run_time(cache: Path, experiment: dict) -> dict:
-    """Per thread count: the runs in `cache` made under `experiment`'s setting (search and test, and any grid point
+def run_time(cached: list[dict], experiment: dict) -> dict:
+    """Per thread count: the cached results made under `experiment`'s setting (search and test, and any grid point
     a search once tried), how many of them recorded their seconds (runs cached before results carried them did
     not), and those runs' summed wall time in minutes: what training the table cost."""
     out: dict[int, dict] = {}
-    for path in cache.glob("*.json"):
-        result = json.loads(path.read_text())
+    for result in cached:
         if result.get("setting") == experiment["setting"]:
             entry = out.setdefault(result["threads"], {"runs": 0, "timed": 0, "minutes": 0.0})
             entry["runs"] += 1
@@ -165,6 +164,7 @@ def main(argv: list[str] | None = None) -> str:
     args = p.parse_args(argv)
     root = Path(args.results)
     cache = Path(args.cache_dir) if args.cache_dir else root / "cache"
+    cached = [json.loads(path.read_text()) for path in cache.glob("*.json")]  # read once, for every experiment
     times = []
     lines = [
         "| task, budget | shots | claim | verdict | paired difference, mean ± 2 se (pts) |",
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> str:
     for folder in sorted(f for f in root.iterdir() if (f / "compare.json").exists()):
         if folder.name.endswith(RERUNS):  # <reference>-2_threads, <reference>-cpu_rerun
             reference = root / folder.name.rsplit("-", 1)[0]
-            spreads += [(folder.name, reference.name, s) for s in thread_spread(folder, reference)]
+            spreads += [(folder.name, reference.name, s) for s in rerun_spread(folder, reference)]
             continue
         experiment, runs = _runs(folder)
-        times += [(folder.name, threads, t) for threads, t in sorted(run_time(cache, experiment).items())]
+        times += [(folder.name, threads, t) for threads, t in sorted(run_time(cached, experiment).items())]
         for row in claims(experiment, runs):
             lines.append(
                 f"| {row['where']} | {row['shots']} | {row['claim']} | **{row['verdict']}** | {row['evidence']} |"
