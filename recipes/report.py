@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--cache-dir", default=None, help="the runs' cache, for the time table (default: <results>/cache)")
     args = p.parse_args(argv)
     root = Path(args.results)
+    if not root.is_dir():
+        p.error(f"no results folder {str(root)!r}: pass --results, or make the tables first (make results)")
     cache = Path(args.cache_dir) if args.cache_dir else root / "cache"
     cached = [json.loads(path.read_text()) for path in cache.glob("*.json")]  # read once, for every experiment
     times = []
