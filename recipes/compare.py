@@ -89,10 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    try:
+        experiment = Experiment.load(args.experiment)
+    except (FileNotFoundError, ValueError) as bad:  # a missing or malformed file: the message names the fix
+        raise SystemExit(f"error: {bad}") from None
     import torch
 
     torch.set_num_threads(args.threads)
-    experiment = Experiment.load(args.experiment)
     args.seeds = args.seeds or experiment.seeds[:1]
     args.methods = args.methods or list(experiment.search_space)
     args.shots = args.shots or experiment.shots

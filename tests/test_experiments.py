@@ -207,6 +207,12 @@ def test_experiment_file_errors_name_the_problem(tmp_path) -> None:
         E.Experiment.load(path)
     with pytest.raises(FileNotFoundError, match="recipes/experiments"):
         E.Experiment.load(tmp_path / "missing.json")
+    import compare  # the recipe answers the same with one line, no traceback
+
+    with pytest.raises(SystemExit, match=r"^error: no experiment file .* recipes/experiments"):
+        compare.main(["--experiment", str(tmp_path / "missing.json")])
+    with pytest.raises(SystemExit, match=r"^error: .*unknown methods \['lorra'\]"):
+        compare.main(["--experiment", str(path)])
     experiment = E.Experiment(E.Setting(), ["full"], [0], {"lora": {"learning_rate": [1e-3]}}, search_seed=1)
     with pytest.raises(KeyError, match="run the search first"):
         experiment.choice("full", "lora")
